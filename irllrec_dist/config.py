@@ -1,0 +1,228 @@
+"""Typed configuration: YAML presets plus ``key=value`` overrides, validated once.
+
+A preset may name others under ``include:`` (paths relative to the preset);
+they are merged first, the preset's own keys win, command-line overrides win
+over both. Unknown keys and wrong types stop the program with the key's full
+dotted name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SyntheticConfig:
+    """Planted-intent generator (the demo's and the tests' dataset)."""
+
+    seed: int = 0
+    n_users: int = 3000
+    n_items: int = 2000
+    n_intents: int = 24
+    intents_per_user: tuple[int, int] = (1, 3)
+    intents_per_item: tuple[int, int] = (1, 3)
+    mean_degree: float = 20.0
+    min_degree: int = 5
+    degree_exponent: float = 2.2  # power-law tail of user activity
+    popularity_exponent: float = 0.5  # Zipf exponent of item popularity
+    noise: float = 0.15  # share of interactions drawn by popularity alone
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    with_text: bool = True
+
+    def validate(self) -> None:
+        _check(self.n_users > 0 and self.n_items > 0, "synthetic.n_users/n_items must be > 0")
+        _check(self.n_intents >= 2, "synthetic.n_intents must be >= 2")
+        for name in ("intents_per_user", "intents_per_item"):
+            lo, hi = getattr(self, name)
+            _check(1 <= lo <= hi <= self.n_intents, f"synthetic.{name} must satisfy 1 <= lo <= hi <= n_intents")
+        _check(0.0 <= self.noise <= 1.0, "synthetic.noise must be in [0, 1]")
+        _check(self.min_degree >= 3, "synthetic.min_degree must be >= 3 (one item per split)")
+        _check(self.mean_degree >= self.min_degree, "synthetic.mean_degree must be >= min_degree")
+        _check(0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
+               "synthetic.val_frac/test_frac must be > 0 and sum below 1")
+
+
+@dataclass
+class IngestConfig:
+    """Where the raw input is and how to read it."""
+
+    format: str = "parquet"  # rlmrec-pickle | csv-jsonl | parquet
+    source: str = ""  # folder (or URI) holding the raw files
+    on_duplicate: str = "error"  # error | dedupe (dedupe counts and reports)
+    rows_per_shard: int = 1_000_000
+
+    def validate(self) -> None:
+        _check(self.format in ("rlmrec-pickle", "csv-jsonl", "parquet"),
+               f"ingest.format must be rlmrec-pickle, csv-jsonl or parquet, got {self.format!r}")
+        _check(self.on_duplicate in ("error", "dedupe"), "ingest.on_duplicate must be error or dedupe")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lightgcn"
+    dim: int = 32
+    layers: int = 3
+
+    def validate(self) -> None:
+        _check(self.name in ("lightgcn",), f"model.name must be lightgcn, got {self.name!r}")
+        _check(self.dim > 0 and self.layers >= 0, "model.dim must be > 0 and model.layers >= 0")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 2023
+    max_epochs: int = 500
+    batch_size: int = 4096
+    lr: float = 1e-3
+    reg: float = 1e-6  # L2 on the full embedding tables (as the reference LightGCN)
+    edge_keep: float = 0.8  # edge dropout: probability an interaction is kept, redrawn per batch
+    eval_every: int = 3
+    patience: int = 5  # validation checks without improvement before stopping
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    run_name: str = "lightgcn"
+
+    def validate(self) -> None:
+        _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
+        _check(self.lr > 0 and self.reg >= 0, "train.lr must be > 0, train.reg >= 0")
+        _check(0 < self.edge_keep <= 1, "train.edge_keep must be in (0, 1]")
+        _check(self.eval_every >= 1 and self.patience >= 1, "train.eval_every/patience must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple[int, ...] = (5, 10, 20)
+    monitor_k: int = 20  # early stopping watches validation Recall@monitor_k
+    max_scores_per_batch: int = 1 << 25  # users per ranking batch = this / n_items
+    mask_val_in_test: bool = False  # literature protocol masks training items only
+    export_top_k: int = 20
+
+    def validate(self) -> None:
+        _check(len(self.ks) > 0 and all(k > 0 for k in self.ks), "eval.ks must be positive")
+        _check(self.monitor_k in self.ks, "eval.monitor_k must be one of eval.ks")
+
+
+@dataclass
+class Config:
+    run_root: str = "runs/demo"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        _check(bool(self.run_root), "run_root must be set")
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if dataclasses.is_dataclass(sub):
+                sub.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        return str(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; "
+                          f"known under '{prefix or '<top>'}': {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_preset(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at top level")
+    merged: dict = {}
+    for inc in data.pop("include", []) or []:
+        merged = _merge(merged, _read_preset(os.path.join(os.path.dirname(path), inc)))
+    return _merge(merged, data)
+
+
+def parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    data = _read_preset(path) if path else {}
+    for o in overrides:
+        data = _merge(data, parse_override(o))
+    cfg = _build(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def add_config_args(parser) -> None:
+    parser.add_argument("--config", default=None, help="YAML preset under configs/")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")

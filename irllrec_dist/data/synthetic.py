@@ -1,0 +1,215 @@
+"""Synthetic interactions with planted intents: the demo's dataset and the tests' data.
+
+Every item carries a few latent intents; its text is review-like sentences
+that mention them among noise sentences. Every user has a few intents and
+interacts mostly with popular-ish items that share one of them, plus pure
+popularity noise. User activity and item popularity are power-law. Output is
+the raw Parquet edge-list format (``train/val/test.parquet``,
+``items.parquet``, ``users.parquet``) that ``ingest`` reads, with the planted
+intents kept in an ``intents`` column as ground truth. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from irllrec_dist import storage
+from irllrec_dist.config import SyntheticConfig
+
+# (intent, ways a review mentions it)
+INTENTS: list[tuple[str, tuple[str, ...]]] = [
+    ("quiet place to work", ("a quiet corner with fast wifi", "plenty of outlets for a laptop", "a calm room to get work done")),
+    ("spicy food", ("dishes with real chili heat", "a fiery house hot sauce", "spicy noodles that made me sweat")),
+    ("kid friendly", ("a play area for the kids", "a children's menu", "staff who were great with our toddler")),
+    ("late night", ("a kitchen open past midnight", "food after the bars close", "late hours on weekends")),
+    ("vegan options", ("a fully plant-based menu", "tasty vegan bowls", "dairy-free desserts")),
+    ("craft beer", ("a long list of local IPAs", "rotating craft taps", "a brewery flight")),
+    ("date night", ("candle-lit tables", "a romantic patio", "a wine list made for two")),
+    ("quick lunch", ("fast counter service", "a lunch special ready in minutes", "grab-and-go sandwiches")),
+    ("live music", ("a band playing on Fridays", "jazz nights", "an open mic stage")),
+    ("pet friendly", ("water bowls for dogs", "a dog-friendly patio", "treats for our puppy")),
+    ("brunch", ("bottomless mimosas", "eggs benedict on weekends", "a long Sunday brunch")),
+    ("budget meals", ("generous plates at low prices", "cheap daily specials", "a meal under ten dollars")),
+    ("fine dining", ("a tasting menu", "white tablecloth service", "a sommelier at the table")),
+    ("coffee lovers", ("single-origin pour-overs", "a skilled barista", "house-roasted espresso")),
+    ("sports watching", ("big screens for the game", "game-day wing deals", "a loud crowd cheering the home team")),
+    ("healthy eating", ("fresh salads and grain bowls", "calorie counts on the menu", "cold-pressed juices")),
+    ("seafood", ("oysters on ice", "fresh catch of the day", "a lobster roll")),
+    ("desserts", ("house-made gelato", "a cake case by the door", "warm cookies after dinner")),
+    ("group gatherings", ("long tables for big groups", "a private party room", "family-style platters")),
+    ("outdoor seating", ("a sunny terrace", "a garden patio", "tables on the sidewalk")),
+    ("authentic ethnic cuisine", ("recipes from the owner's grandmother", "regional dishes rarely seen elsewhere", "spices imported from abroad")),
+    ("cocktails", ("inventive house cocktails", "a skilled mixologist", "a smoky mezcal drink")),
+    ("breakfast on the go", ("breakfast burritos to go", "bagels ready at 6 am", "drive-through coffee")),
+    ("accessible venue", ("a wheelchair ramp", "an accessible restroom", "wide aisles and step-free entry")),
+    ("fitness", ("a well-equipped gym floor", "early morning spin classes", "personal trainers on staff")),
+    ("pampering", ("a relaxing massage", "a quiet spa room", "a soothing facial")),
+    ("car care", ("an honest mechanic", "a quick oil change", "a spotless car wash")),
+    ("shopping", ("a wide selection of brands", "friendly shop assistants", "weekly sales")),
+    ("nightlife", ("a packed dance floor", "a DJ until late", "bottle service")),
+    ("gluten free", ("gluten-free bread", "a dedicated gluten-free fryer", "celiac-safe pasta")),
+    ("scenic views", ("a view over the river", "a rooftop skyline view", "windows onto the mountains")),
+    ("local history", ("a building from 1890", "photos of the old town on the walls", "a family business of four generations")),
+]
+
+NOISE = (
+    "Parking was easy to find.", "Prices are about average for the area.", "The restrooms were clean.",
+    "We came on a Tuesday.", "Service was a bit slow but friendly.", "It was busier than expected.",
+    "The decor is simple.", "I would come back.", "My friend recommended it.", "The menu changes often.",
+    "We waited about ten minutes.", "It is close to the station.", "The music was a little loud.",
+    "Staff were polite.", "Card payments only.", "It has been open for a few years.",
+)
+
+TEMPLATES = (
+    "Came here for {cue}, and it delivered.", "They have {cue}.", "Loved {cue}.",
+    "If you want {cue}, this is the place.", "Highlights: {cue}.",
+)
+
+NAME_A = ("Copper", "Golden", "Little", "Old", "Blue", "Green", "Corner", "Urban", "Silver", "Red", "Happy", "Lucky")
+NAME_B = ("Kettle", "Spoon", "Lantern", "Table", "House", "Garden", "Market", "Oak", "Harbor", "Bird", "Barrel", "Mill")
+
+
+def intent_names(n: int) -> list[str]:
+    names = [name for name, _ in INTENTS[:n]]
+    return names + [f"theme {k}" for k in range(len(names), n)]
+
+
+def _cues(k: int) -> tuple[str, ...]:
+    if k < len(INTENTS):
+        return INTENTS[k][1]
+    return (f"the famous theme {k} corner", f"everything about theme {k}", f"a theme {k} special")
+
+
+def _sample_sets(rng, n: int, lo: int, hi: int, n_intents: int, weights: np.ndarray) -> list[np.ndarray]:
+    sizes = rng.integers(lo, hi + 1, size=n)
+    return [rng.choice(n_intents, size=s, replace=False, p=weights) for s in sizes]
+
+
+def _segment_cdf(members: list[np.ndarray], weight: np.ndarray):
+    """Concatenated member lists with a global CDF where segment t spans [t, t+1)."""
+    flat = np.concatenate(members)
+    cdf = np.empty(len(flat))
+    pos = 0
+    for t, m in enumerate(members):
+        w = weight[m]
+        cdf[pos:pos + len(m)] = t + np.cumsum(w) / w.sum()
+        pos += len(m)
+    return flat, cdf
+
+
+def generate(cfg: SyntheticConfig) -> dict[str, pa.Table]:
+    rng = np.random.default_rng(cfg.seed)
+    n_u, n_i, n_t = cfg.n_users, cfg.n_items, cfg.n_intents
+
+    # Intents themselves are unevenly popular, as in real catalogues.
+    intent_w = 1.0 / np.arange(1, n_t + 1) ** 0.5
+    intent_w /= intent_w.sum()
+    item_intents = _sample_sets(rng, n_i, *cfg.intents_per_item, n_t, intent_w)
+    user_intents = _sample_sets(rng, n_u, *cfg.intents_per_user, n_t, intent_w)
+
+    popularity = 1.0 / (1.0 + rng.permutation(n_i)) ** cfg.popularity_exponent
+    members = [[] for _ in range(n_t)]
+    for i, ints in enumerate(item_intents):
+        for t in ints:
+            members[t].append(i)
+    members = [np.asarray(m if m else [int(rng.integers(n_i))], dtype=np.int64) for m in members]
+    flat, cdf = _segment_cdf(members, popularity)
+    pop_cdf = np.cumsum(popularity) / popularity.sum()
+
+    # Power-law activity: Pareto tail above min_degree scaled to the mean.
+    alpha = cfg.degree_exponent - 1.0
+    tail = rng.pareto(alpha, size=n_u)
+    tail *= (cfg.mean_degree - cfg.min_degree) / max(tail.mean(), 1e-9)
+    degree = np.minimum(cfg.min_degree + np.round(tail).astype(np.int64), max(cfg.min_degree, n_i // 2))
+
+    ui_len = np.array([len(x) for x in user_intents], dtype=np.int64)
+    ui_ptr = np.concatenate([[0], np.cumsum(ui_len)[:-1]])
+    ui_flat = np.concatenate(user_intents).astype(np.int64)
+
+    def draw(users: np.ndarray) -> np.ndarray:
+        items = np.empty(len(users), dtype=np.int64)
+        noisy = rng.random(len(users)) < cfg.noise
+        items[noisy] = np.searchsorted(pop_cdf, rng.random(noisy.sum()), side="right").clip(0, n_i - 1)
+        idx = np.flatnonzero(~noisy)
+        pick = (rng.random(len(idx)) * ui_len[users[idx]]).astype(np.int64)
+        choice = ui_flat[ui_ptr[users[idx]] + pick]
+        pos = np.searchsorted(cdf, choice + rng.random(len(idx)), side="right").clip(0, len(flat) - 1)
+        items[idx] = flat[pos]
+        return items
+
+    need = degree.copy()
+    have_u, have_i = np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    for _ in range(20):
+        users = np.repeat(np.arange(n_u), np.ceil(need * 1.3).astype(np.int64))
+        if users.size == 0:
+            break
+        items = draw(users)
+        keys = np.unique(np.concatenate([have_u * n_i + have_i, users * n_i + items]))
+        u_all, i_all = keys // n_i, keys % n_i
+        # Keep at most `degree` distinct items per user, chosen at random.
+        rank_key = rng.random(len(keys))
+        order = np.lexsort((rank_key, u_all))
+        u_all, i_all = u_all[order], i_all[order]
+        starts = np.searchsorted(u_all, np.arange(n_u))
+        rank = np.arange(len(u_all)) - starts[u_all]
+        keep = rank < degree[u_all]
+        have_u, have_i = u_all[keep], i_all[keep]
+        need = degree - np.bincount(have_u, minlength=n_u)
+        if need.max() <= 0:
+            break
+    counts = np.bincount(have_u, minlength=n_u)
+    if counts.min() < 3:
+        raise RuntimeError("synthetic: could not give every user 3 distinct items; raise n_items")
+
+    # Per-user random split: test and val get val/test_frac of each user's items (>= 1 each).
+    order = np.lexsort((rng.random(len(have_u)), have_u))
+    eu, ei = have_u[order], have_i[order]
+    starts = np.searchsorted(eu, np.arange(n_u))
+    rank = np.arange(len(eu)) - starts[eu]
+    n_test = np.maximum(1, np.round(counts * cfg.test_frac)).astype(np.int64)
+    n_val = np.maximum(1, np.round(counts * cfg.val_frac)).astype(np.int64)
+    split = np.where(rank[:] < n_test[eu], 2, np.where(rank < n_test[eu] + n_val[eu], 1, 0))
+
+    uid = np.asarray([f"u{u:07d}" for u in range(n_u)], dtype=object)
+    iid = np.asarray([f"i{i:07d}" for i in range(n_i)], dtype=object)
+    names = intent_names(n_t)
+    out: dict[str, pa.Table] = {}
+    for s, name in enumerate(("train", "val", "test")):
+        m = split == s
+        o = np.lexsort((ei[m], eu[m]))
+        out[name] = pa.table({"user": pa.array(uid[eu[m][o]], pa.string()),
+                              "item": pa.array(iid[ei[m][o]], pa.string())})
+
+    texts = [_item_text(rng, i, item_intents[i]) if cfg.with_text else None for i in range(n_i)]
+    out["items"] = pa.table({
+        "item": pa.array(iid, pa.string()), "text": pa.array(texts, pa.string()),
+        "intents": pa.array([[names[t] for t in sorted(ints)] for ints in item_intents], pa.list_(pa.string())),
+    })
+    out["users"] = pa.table({
+        "user": pa.array(uid, pa.string()), "text": pa.array([None] * n_u, pa.string()),
+        "intents": pa.array([[names[t] for t in sorted(ints)] for ints in user_intents], pa.list_(pa.string())),
+    })
+    return out
+
+
+def _item_text(rng, i: int, intents: np.ndarray) -> str:
+    name = f"The {NAME_A[rng.integers(len(NAME_A))]} {NAME_B[rng.integers(len(NAME_B))]}"
+    sentences = []
+    for t in intents:
+        cues = _cues(int(t))
+        sentences.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(cue=cues[rng.integers(len(cues))]))
+    sentences += [NOISE[k] for k in rng.choice(len(NOISE), size=int(rng.integers(1, 4)), replace=False)]
+    rng.shuffle(sentences)
+    return f"{name}. " + " ".join(sentences)
+
+
+def write_raw(tables: dict[str, pa.Table], out_uri: str) -> None:
+    """Write the raw files; the raw folder is an input, not a stage output (no manifest)."""
+    for name, table in tables.items():
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.write_bytes(storage.join(out_uri, f"{name}.parquet"), buf.getvalue())

@@ -1,0 +1,105 @@
+"""Stage: full-ranking evaluation of a trained run, and top-K export.
+
+    python -m irllrec_dist.evaluate --config configs/amazon.yaml [split=test]
+
+Reads ``runs/<run_name>/checkpoints/best.pt``, reports Recall@K / NDCG@K on the
+split, and writes the top-K recommendations of every user as a
+manifest-committed Parquet output ``runs/<run_name>/recommendations``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+
+from irllrec_dist import storage
+from irllrec_dist.config import Config, add_config_args, load_config
+from irllrec_dist.data import dataset as ds
+from irllrec_dist.graph.adjacency import build_adjacency
+from irllrec_dist.metrics import evaluate_ranking, top_k
+from irllrec_dist.model.lightgcn import LightGCN
+
+log = logging.getLogger("irllrec_dist.evaluate")
+
+
+def run_uri(cfg: Config, *parts: str) -> str:
+    return storage.join(cfg.run_root, "runs", cfg.train.run_name, *parts)
+
+
+def exclusion(data: ds.Dataset, split: str, mask_val_in_test: bool) -> sp.csr_matrix:
+    """Items ranked out for a split: training items, plus validation items at test when asked."""
+    excl = data.matrix("train")
+    if split == "test" and mask_val_in_test:
+        excl = (excl + data.matrix("val")).tocsr()
+    return excl
+
+
+def split_metrics(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor,
+                  split: str) -> dict:
+    return evaluate_ranking(user_emb, item_emb, data.matrix(split),
+                            exclusion(data, split, cfg.eval.mask_val_in_test),
+                            tuple(cfg.eval.ks), cfg.eval.max_scores_per_batch)
+
+
+def load_embeddings(cfg: Config, data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    blob = storage.read_bytes(run_uri(cfg, "checkpoints", "best.pt"))
+    ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    model = LightGCN(data.n_users, data.n_items, cfg.model.dim, cfg.model.layers)
+    model.load_state_dict(ckpt["model"])
+    adj = build_adjacency(data.train, data.n_users, data.n_items)
+    with torch.no_grad():
+        u, i = model(*adj.matrices())
+    return u, i, ckpt
+
+
+def export_top_k(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor) -> str:
+    users = np.arange(data.n_users)
+    items, scores = top_k(user_emb, item_emb, users, data.matrix("train"), cfg.eval.export_top_k,
+                          cfg.eval.max_scores_per_batch)
+    item_raw = np.asarray(data.item_raw, dtype=object)
+    k = items.shape[1]
+    table = pa.table({
+        "user_id": pa.array(users, pa.int64()),
+        "user": pa.array(data.user_raw, pa.string()),
+        "item_ids": pa.FixedSizeListArray.from_arrays(pa.array(items.reshape(-1), pa.int64()), k),
+        "items": pa.array(item_raw[items].tolist(), pa.list_(pa.string())),
+        "scores": pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), k),
+    })
+    uri = run_uri(cfg, "recommendations")
+    storage.write_table(uri, table, storage.config_hash(cfg.to_dict()), meta={"stage": "evaluate", "k": k})
+    return uri
+
+
+def run(cfg: Config, split: str = "test", export: bool = True) -> dict:
+    data = ds.load(cfg.run_root)
+    u, i, ckpt = load_embeddings(cfg, data)
+    result = split_metrics(cfg, data, u, i, split)
+    result = {"split": split, "best_epoch": ckpt.get("epoch"), **result}
+    if export:
+        result["recommendations"] = export_top_k(cfg, data, u, i)
+    storage.write_json(run_uri(cfg, f"eval_{split}.json"), result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--no-export", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    print(json.dumps(run(cfg, args.split, not args.no_export), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
