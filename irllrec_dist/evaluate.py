@@ -25,7 +25,7 @@ from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.metrics import evaluate_ranking, top_k
-from irllrec_dist.model.lightgcn import LightGCN
+from irllrec_dist.model.dual_tower import build_model
 
 log = logging.getLogger("irllrec_dist.evaluate")
 
@@ -52,7 +52,7 @@ def split_metrics(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_em
 def load_embeddings(cfg: Config, data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor, dict]:
     blob = storage.read_bytes(run_uri(cfg, "checkpoints", "best.pt"))
     ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    model = LightGCN(data.n_users, data.n_items, cfg.model.dim, cfg.model.layers)
+    model = build_model(cfg, data.n_users, data.n_items, ckpt.get("text_dim"))
     model.load_state_dict(ckpt["model"])
     adj = build_adjacency(data.train, data.n_users, data.n_items)
     with torch.no_grad():

@@ -1,12 +1,13 @@
-"""Stage: train LightGCN on the canonical dataset (single process).
+"""Stage: train the dual towers (LightGCN alone when every text loss is off).
 
     python -m irllrec_dist.train --config configs/amazon.yaml train.seed=1
 
 The whole loop is in ``run``: per epoch, draw one uniform negative per
 training edge and shuffle; per batch, redraw the edge-dropout mask, propagate
-over the full graph, take BPR + L2 on the full tables, step Adam. Validate on
-Recall@monitor_k every ``eval_every`` epochs, keep the best checkpoint, stop
-after ``patience`` checks without improvement, then evaluate the best on test.
+over the full graph, add up the switched-on loss terms (model/objective.py),
+step Adam, update the EMA teacher. Validate on Recall@monitor_k every
+``eval_every`` epochs, keep the best checkpoint, stop after ``patience`` checks
+without improvement, then evaluate the best on test.
 """
 
 from __future__ import annotations
@@ -30,14 +31,23 @@ from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
-from irllrec_dist.model.lightgcn import LightGCN
-from irllrec_dist.model.losses import bpr_loss, l2_reg
+from irllrec_dist.model.dual_tower import TextInputs, build_model
+from irllrec_dist.model.ema import EMATeacher
+from irllrec_dist.model.objective import loss_terms, weighted_sum
 
 log = logging.getLogger("irllrec_dist.train")
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_text(cfg: Config, data: ds.Dataset) -> TextInputs | None:
+    if not cfg.loss.uses_text():
+        return None
+    from irllrec_dist.embed import load_text_inputs
+
+    return load_text_inputs(cfg.run_root, data.n_users, data.n_items)
 
 
 def run(cfg: Config) -> dict:
@@ -52,12 +62,17 @@ def run(cfg: Config) -> dict:
     train_u, train_i = data.train[:, 0], data.train[:, 1]
     train_keys = np.sort(edge_keys(train_u, train_i, data.n_items))
     n_train = len(train_u)
-    model = LightGCN(data.n_users, data.n_items, cfg.model.dim, cfg.model.layers)
+    text = load_text(cfg, data)
+    model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None)
+    teacher = EMATeacher(model, cfg.loss.ema_momentum) if cfg.loss.itm else None
+    # Text-loss randomness (noise, hard negatives) has its own stream so that
+    # switching those losses on does not change the graph tower's draws.
+    gen = torch.Generator().manual_seed(tc.seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     log.info("train: %d users, %d items, %d edges; %d threads", data.n_users, data.n_items, n_train,
              torch.get_num_threads())
 
-    history, best, best_state, bad_checks = [], None, None, 0
+    history, best, best_state, best_teacher, bad_checks = [], None, None, None, 0
     monitor = f"recall@{cfg.eval.monitor_k}"
     bar = tqdm(range(tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True)
     for epoch in bar:
@@ -65,25 +80,30 @@ def run(cfg: Config) -> dict:
         model.train()
         neg = sample_negatives(train_u, train_keys, data.n_items, rng)
         perm = rng.permutation(n_train)
-        loss_sum = bpr_sum = 0.0
+        sums: dict[str, float] = {}
         n_batches = 0
         for start in range(0, n_train, tc.batch_size):
             b = perm[start:start + tc.batch_size]
             mask = None
             if tc.edge_keep < 1.0:
                 mask = (torch.rand(n_train) < tc.edge_keep).to(torch.float32)
-            user_all, item_all = model(*adj.matrices(mask))
+            mats = adj.matrices(mask)
+            layer_out = model.propagate(*mats)
+            teacher_out = teacher.propagate(*mats) if teacher is not None else None
             bu, bp, bn = (torch.from_numpy(x) for x in (train_u[b], train_i[b], neg[b]))
-            bpr = bpr_loss(user_all[bu], item_all[bp], item_all[bn])
-            loss = bpr + tc.reg * l2_reg(model.user_emb, model.item_emb)
+            terms = loss_terms(model, layer_out, adj, bu, bp, bn, cfg.loss, text, teacher, teacher_out,
+                               mask, gen)
+            loss = weighted_sum(terms, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
-            bpr_sum += bpr.item()
+            if teacher is not None:
+                teacher.update(model)
+            for name, value in [("loss", loss), *terms.items()]:
+                sums[name] = sums.get(name, 0.0) + value.item()
             n_batches += 1
         epoch_s = time.time() - t0
-        record = {"epoch": epoch, "loss": loss_sum / n_batches, "bpr": bpr_sum / n_batches,
+        record = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
                   "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1)}
 
         if epoch % tc.eval_every == 0:
@@ -95,6 +115,7 @@ def run(cfg: Config) -> dict:
             if best is None or val[monitor] > best[monitor]:
                 best, bad_checks = dict(val, epoch=epoch), 0
                 best_state = copy.deepcopy(model.state_dict())
+                best_teacher = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
             else:
                 bad_checks += 1
             bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val[monitor]:.4f}",
@@ -109,8 +130,9 @@ def run(cfg: Config) -> dict:
     bar.close()
 
     buf = io.BytesIO()
-    torch.save({"model": best_state, "epoch": best["epoch"], "val": {k: v for k, v in best.items()},
-                "config": cfg.to_dict()}, buf)
+    torch.save({"model": best_state, "teacher": best_teacher, "epoch": best["epoch"],
+                "text_dim": text.dim if text is not None else None,
+                "val": {k: v for k, v in best.items()}, "config": cfg.to_dict()}, buf)
     storage.write_bytes(evaluate.run_uri(cfg, "checkpoints", "best.pt"), buf.getvalue())
     test = evaluate.run(cfg, "test")
     summary = {

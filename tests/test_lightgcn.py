@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from irllrec_dist.graph.adjacency import build_adjacency
-from irllrec_dist.model.lightgcn import LightGCN, propagate
+from irllrec_dist.model.dual_tower import DualTower
+from irllrec_dist.model.lightgcn import propagate
 from irllrec_dist.model.losses import bpr_loss, l2_reg
 
 
@@ -71,7 +72,7 @@ def test_propagation_and_custom_backward_match_dense_autograd():
 
 def test_model_forward_shapes():
     edges, nu, ni = _graph()
-    model = LightGCN(nu, ni, 8, 2)
+    model = DualTower(nu, ni, 8, 2)
     u, i = model(*build_adjacency(edges, nu, ni).matrices())
     assert u.shape == (nu, 8) and i.shape == (ni, 8)
 

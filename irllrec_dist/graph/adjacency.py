@@ -39,6 +39,17 @@ class BipartiteAdjacency:
                                      check_invariants=False)
         return r, rt
 
+    def neighbors(self, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edges of ``nodes`` (users if side == "user", else items) as (row, neighbour, value index):
+        row k of the output belongs to nodes[row[k]]; value index points into ``values``."""
+        crow, col = (self.crow, self.col) if side == "user" else (self.t_crow, self.t_col)
+        start, lens = crow[nodes], crow[nodes + 1] - crow[nodes]
+        row = torch.repeat_interleave(torch.arange(len(nodes)), lens)
+        offsets = torch.cumsum(lens, 0) - lens
+        pos = start[row] + torch.arange(int(lens.sum())) - offsets[row]
+        vidx = pos if side == "user" else self.to_t[pos]
+        return row, col[pos], vidx
+
 
 def build_adjacency(edges: np.ndarray, n_users: int, n_items: int) -> BipartiteAdjacency:
     """edges: (n, 2) int64 (user, item) training pairs, no duplicates."""

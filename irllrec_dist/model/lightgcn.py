@@ -9,7 +9,6 @@ we already hold as (R, Rᵀ).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 class BipartitePropagate(torch.autograd.Function):
@@ -34,14 +33,3 @@ def propagate(r: torch.Tensor, rt: torch.Tensor, x_u: torch.Tensor, x_i: torch.T
         out_u = out_u + x_u
         out_i = out_i + x_i
     return out_u, out_i
-
-
-class LightGCN(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int, layers: int):
-        super().__init__()
-        self.layers = layers
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
-
-    def forward(self, r: torch.Tensor, rt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return propagate(r, rt, self.user_emb, self.item_emb, self.layers)

@@ -14,3 +14,53 @@ def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Ten
 def l2_reg(*tensors: torch.Tensor) -> torch.Tensor:
     """Sum of squared entries (the reference's squared Frobenius norms)."""
     return sum(t.pow(2).sum() for t in tensors)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE of a[k] against b[k] among all rows of b (in-batch negatives), on cosine similarity.
+
+    mean_k -log( exp(cos(a_k, b_k)/tau) / sum_j exp(cos(a_k, b_j)/tau) )
+    """
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+def perturb(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + x * eps, eps ~ N(0, sigma^2): a multiplicative shift of every coordinate."""
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) * sigma
+    return x + x * eps
+
+
+def translation_alignment(r: torch.Tensor, z: torch.Tensor, tau: float, sigma: float,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """L_TA: the pairwise alignment must also hold between noise-perturbed copies."""
+    return info_nce(perturb(r, sigma, generator), perturb(z, sigma, generator), tau)
+
+
+def soft_target_nce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Contrastive matching with momentum-distilled targets (ALBEF):
+    targets = alpha * softmax(teacher) + (1 - alpha) * one-hot(diagonal);
+    loss = mean_k -sum_j targets[k, j] * log_softmax(student)[k, j]."""
+    n = student_logits.shape[0]
+    targets = alpha * F.softmax(teacher_logits, dim=1) + (1 - alpha) * torch.eye(n, device=student_logits.device)
+    return -(targets * F.log_softmax(student_logits, dim=1)).sum(1).mean()
+
+
+def hard_negative_indices(sim: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row k, one column j != k drawn with probability softmax(sim[k]) over j != k."""
+    weights = F.softmax(sim.detach().float(), dim=1).clone()
+    weights.fill_diagonal_(0.0)
+    weights = weights + (weights.sum(1, keepdim=True) == 0).float() * (1 - torch.eye(len(sim)))
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def matching_loss(head, r: torch.Tensor, z: torch.Tensor, sim: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Binary interaction-text matching: (r_k, z_k) match; (r_k, z_j) and (r_j', z_k) with
+    hard negatives j, j' drawn by similarity do not. Cross-entropy over the 3n pairs."""
+    neg_z = hard_negative_indices(sim, generator)
+    neg_r = hard_negative_indices(sim.T, generator)
+    rr = torch.cat([r, r, r[neg_r]])
+    zz = torch.cat([z, z[neg_z], z])
+    labels = torch.cat([torch.ones(len(r)), torch.zeros(2 * len(r))]).long().to(r.device)
+    return F.cross_entropy(head(rr, zz), labels)

@@ -1,0 +1,128 @@
+"""IRLLRec's dual towers (design.md §2).
+
+Interaction tower: LightGCN embeddings h_v (sum of layers 0..L) plus K intent
+prototypes per side; the interaction intent r_v aggregates a node's
+neighbours at every layer with weights alpha_uv = (cos(intent_u, intent_v) + 1) / 2,
+normalised over the node's edges, where intent(x) = softmax(x W) Wᵀ; r_v is
+the mean over layers. r_v is computed only for the nodes a batch needs, from
+the full-graph layer outputs, so its cost scales with the batch, not the graph.
+
+Text tower: two MLPs (D -> (D+d)/2 -> d, LeakyReLU) map the profile vector p_v
+and the intent vector q_v to t_v and z_v. A small head scores whether an
+(r, z) pair matches (for L_ITM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from irllrec_dist.graph.adjacency import BipartiteAdjacency
+from irllrec_dist.model.lightgcn import BipartitePropagate
+
+
+@dataclass
+class TextInputs:
+    """Per-node text vectors from the embedding stage (zeros where has_* is False)."""
+
+    user_profile: torch.Tensor
+    user_intent: torch.Tensor
+    item_profile: torch.Tensor
+    item_intent: torch.Tensor
+    user_has: torch.Tensor  # bool
+    item_has: torch.Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.item_profile.shape[1]
+
+    def side(self, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if side == "user":
+            return self.user_profile, self.user_intent, self.user_has
+        return self.item_profile, self.item_intent, self.item_has
+
+
+def text_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    hidden = (in_dim + out_dim) // 2
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
+class MatchHead(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(), nn.Linear(dim, 2))
+
+    def forward(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        r, z = F.normalize(r, dim=-1), F.normalize(z, dim=-1)
+        return self.net(torch.cat([r, z, r * z], dim=-1))
+
+
+class DualTower(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int, layers: int, n_intents: int = 0,
+                 text_dim: int | None = None):
+        super().__init__()
+        self.layers = layers
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
+        self.n_intents = n_intents
+        if n_intents:
+            self.user_protos = nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, n_intents)))
+            self.item_protos = nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, n_intents)))
+        self.text_dim = text_dim
+        if text_dim:
+            self.profile_mlp = text_mlp(text_dim, dim)
+            self.intent_mlp = text_mlp(text_dim, dim)
+            self.match_head = MatchHead(dim)
+
+    def propagate(self, r: torch.Tensor, rt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Layer outputs [(x_u, x_i) for l in 0..L]."""
+        out = [(self.user_emb, self.item_emb)]
+        for _ in range(self.layers):
+            out.append(BipartitePropagate.apply(r, rt, *out[-1]))
+        return out
+
+    @staticmethod
+    def final(layer_out: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return sum(x for x, _ in layer_out), sum(x for _, x in layer_out)
+
+    def forward(self, r: torch.Tensor, rt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item representations h (what scores use)."""
+        return self.final(self.propagate(r, rt))
+
+    def intent_view(self, layer_out, adj: BipartiteAdjacency, side: str, nodes: torch.Tensor,
+                    edge_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Interaction intents r_v of ``nodes`` (intent-aware aggregation, mean over layers)."""
+        row, nbr, vidx = adj.neighbors(side, nodes)
+        w_self, w_nbr = ((self.user_protos, self.item_protos) if side == "user"
+                         else (self.item_protos, self.user_protos))
+        s_idx, n_idx = (0, 1) if side == "user" else (1, 0)
+        edge_w = None if edge_mask is None else edge_mask[vidx]
+        # Intent views are computed once per distinct neighbour, not once per edge.
+        uniq, inv = torch.unique(nbr, return_inverse=True)
+        outs = []
+        for layer in layer_out[:-1]:
+            xs, xu = layer[s_idx][nodes], layer[n_idx][uniq]
+            xn = xu[inv]
+            is_ = F.normalize(F.softmax(xs @ w_self, dim=1) @ w_self.T, dim=1)
+            in_ = F.normalize(F.softmax(xu @ w_nbr, dim=1) @ w_nbr.T, dim=1)
+            alpha = ((is_[row] * in_[inv]).sum(1) + 1) / 2
+            if edge_w is not None:
+                alpha = alpha * edge_w
+            denom = torch.zeros(len(nodes)).index_add(0, row, alpha).clamp_min(1e-12)
+            outs.append(torch.zeros(len(nodes), xs.shape[1]).index_add(0, row, (alpha / denom[row])[:, None] * xn))
+        return torch.stack(outs).mean(0)
+
+    def text_views(self, text: TextInputs, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_v, z_v) = (MLP_prf(p_v), MLP_int(q_v)) for ``nodes``."""
+        prof, intent, _ = text.side(side)
+        return self.profile_mlp(prof[nodes]), self.intent_mlp(intent[nodes])
+
+
+def build_model(cfg, n_users: int, n_items: int, text_dim: int | None) -> DualTower:
+    """The model a config describes: prototypes only when an intent loss is on, text MLPs only with text."""
+    return DualTower(n_users, n_items, cfg.model.dim, cfg.model.layers,
+                     cfg.model.intents if cfg.loss.uses_intents() else 0,
+                     text_dim if cfg.loss.uses_text() else None)
