@@ -153,6 +153,7 @@ class EvalConfig:
     max_scores_per_batch: int = 1 << 25  # users per ranking batch = this / n_items
     mask_val_in_test: bool = False  # literature protocol masks training items only
     export_top_k: int = 20
+    degree_buckets: tuple[int, ...] = (5, 20)  # test metrics also reported for users by training degree
 
     def validate(self) -> None:
         _check(len(self.ks) > 0 and all(k > 0 for k in self.ks), "eval.ks must be positive")

@@ -132,7 +132,7 @@ def load_text_inputs(run_root: str, n_users: int, n_items: int) -> TextInputs:
             dense[ids] = v
             arrays[col] = torch.from_numpy(dense)
         has = torch.zeros(n, dtype=torch.bool)
-        has[torch.from_numpy(ids)] = True
+        has[torch.from_numpy(ids.copy())] = True
         out[side] = (arrays["profile"], arrays["intent"], has)
     return TextInputs(out["users"][0], out["users"][1], out["items"][0], out["items"][1],
                       out["users"][2], out["items"][2])

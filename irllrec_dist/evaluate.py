@@ -43,10 +43,27 @@ def exclusion(data: ds.Dataset, split: str, mask_val_in_test: bool) -> sp.csr_ma
 
 
 def split_metrics(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor,
-                  split: str) -> dict:
+                  split: str, users: np.ndarray | None = None) -> dict:
     return evaluate_ranking(user_emb, item_emb, data.matrix(split),
                             exclusion(data, split, cfg.eval.mask_val_in_test),
-                            tuple(cfg.eval.ks), cfg.eval.max_scores_per_batch)
+                            tuple(cfg.eval.ks), cfg.eval.max_scores_per_batch, users)
+
+
+def degree_buckets(cfg: Config, data: ds.Dataset) -> dict[str, np.ndarray]:
+    """Users grouped by training degree: (<= b0), (b0, b1], ..., (> b_last)."""
+    deg = np.bincount(data.train[:, 0], minlength=data.n_users)
+    edges = [0, *cfg.eval.degree_buckets, int(deg.max()) + 1]
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        name = f"{lo + 1}-{hi}" if hi <= deg.max() else f">{lo}"
+        out[name] = np.flatnonzero((deg > lo) & (deg <= hi))
+    return out
+
+
+def by_degree(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor,
+              split: str) -> dict[str, dict]:
+    return {name: split_metrics(cfg, data, user_emb, item_emb, split, users)
+            for name, users in degree_buckets(cfg, data).items()}
 
 
 def load_embeddings(cfg: Config, data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -82,11 +99,38 @@ def run(cfg: Config, split: str = "test", export: bool = True) -> dict:
     data = ds.load(cfg.run_root)
     u, i, ckpt = load_embeddings(cfg, data)
     result = split_metrics(cfg, data, u, i, split)
-    result = {"split": split, "best_epoch": ckpt.get("epoch"), **result}
+    result = {"split": split, "best_epoch": ckpt.get("epoch"), **result,
+              "by_degree": by_degree(cfg, data, u, i, split)}
     if export:
         result["recommendations"] = export_top_k(cfg, data, u, i)
     storage.write_json(run_uri(cfg, f"eval_{split}.json"), result)
     return result
+
+
+def reference_rows(cfg: Config) -> dict[str, dict]:
+    """Two rows that show how much signal the data carries without training:
+    popularity (score = training degree of the item) and text alone (score = user text
+    vector . item text vector from the embedding stage). Written as runs/<name>/metrics.json."""
+    data = ds.load(cfg.run_root)
+    pop = torch.from_numpy(np.bincount(data.train[:, 1], minlength=data.n_items).astype(np.float32))
+    rows = {"popularity": (torch.ones(data.n_users, 1), pop[:, None])}
+    if storage.is_complete(storage.join(cfg.run_root, "embeddings", "items")):
+        from irllrec_dist.embed import load_text_inputs
+
+        text = load_text_inputs(cfg.run_root, data.n_users, data.n_items)
+        item = text.item_profile.clone()
+        item[~text.item_has] = 0.0
+        rows["text_only"] = (text.user_profile, item)
+    out = {}
+    for name, (u, i) in rows.items():
+        summary = {"run_name": name, "seed": None, "best_epoch": None,
+                   "val": {k: v for k, v in split_metrics(cfg, data, u, i, "val").items() if "@" in k}}
+        test = split_metrics(cfg, data, u, i, "test")
+        summary["test"] = {k: v for k, v in test.items() if "@" in k or k == "users"}
+        summary["test_by_degree"] = by_degree(cfg, data, u, i, "test")
+        storage.write_json(storage.join(cfg.run_root, "runs", name, "metrics.json"), summary)
+        out[name] = summary
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--reference-rows", action="store_true",
+                        help="score popularity and text-alone baselines instead of a trained run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.config, args.overrides)
+    if args.reference_rows:
+        out = reference_rows(cfg)
+        print(json.dumps({k: v["test"] for k, v in out.items()}, indent=1))
+        return 0
     print(json.dumps(run(cfg, args.split, not args.no_export), indent=1))
     return 0
 

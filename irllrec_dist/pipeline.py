@@ -1,20 +1,22 @@
-"""The main job end to end: [synthetic data] -> ingest -> train -> evaluate.
+"""The main job end to end: [synthetic data] -> ingest -> [embed] -> train -> evaluate.
 
     python -m irllrec_dist.pipeline --config configs/demo.yaml [key=value ...]
 
 When ``ingest.source`` is empty the planted-intent generator writes the raw
 files to ``<run_root>/raw`` first, so the demo needs nothing from outside.
-Every stage skips work that is already committed with the same config.
+The embedding stage runs when a text loss is switched on. Every stage skips
+work that is already committed with the same config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 
-from irllrec_dist import ingest, storage, train
+from irllrec_dist import embed, ingest, storage, train
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import synthetic
 
@@ -26,7 +28,7 @@ def ensure_synthetic(cfg: Config) -> Config:
         return cfg
     raw = storage.join(cfg.run_root, "raw")
     marker = storage.join(raw, "_synthetic.json")
-    want = cfg.to_dict()["synthetic"]
+    want = json.loads(json.dumps(cfg.to_dict()["synthetic"]))  # tuples -> lists, as read back
     if not storage.exists(marker) or storage.read_json(marker) != want:
         t0 = time.time()
         tables = synthetic.generate(cfg.synthetic)
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = ensure_synthetic(cfg)
     ingest.run(cfg)
+    if cfg.loss.uses_text():
+        embed.run(cfg)
     summary = train.run(cfg)
     print(f"\nrun root: {cfg.run_root}   best epoch: {summary['best_epoch']}   "
           f"wall: {time.time() - t0:.0f}s   peak RSS: {summary['peak_rss_mib']:.0f} MiB")

@@ -141,6 +141,7 @@ def run(cfg: Config) -> dict:
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "val": {k: v for k, v in best.items() if "@" in k},
         "test": {k: v for k, v in test.items() if "@" in k or k == "users"},
+        "test_by_degree": test["by_degree"],
         "history": history,
     }
     storage.write_json(evaluate.run_uri(cfg, "metrics.json"), summary)

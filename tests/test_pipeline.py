@@ -55,3 +55,19 @@ def test_pipeline_cli_on_generated_data(tmp_path):
     assert "test  |" in out.stdout and "R@20" in out.stdout
     assert json.loads((root / "raw" / "_synthetic.json").read_text())["n_users"] == 300
     assert (root / "runs" / "demo-lightgcn" / "metrics.json").exists()
+
+
+def test_synthetic_is_not_regenerated_for_the_same_config(tmp_path):
+    from irllrec_dist.config import Config
+    from irllrec_dist.pipeline import ensure_synthetic
+
+    cfg = Config(run_root=str(tmp_path))
+    cfg.synthetic.n_users, cfg.synthetic.n_items, cfg.synthetic.n_intents = 200, 100, 6
+    ensure_synthetic(cfg)
+    train_file = tmp_path / "raw" / "train.parquet"
+    before = train_file.stat().st_mtime_ns
+    cfg2 = Config(run_root=str(tmp_path))
+    cfg2.synthetic = cfg.synthetic
+    ensure_synthetic(cfg2)
+    assert train_file.stat().st_mtime_ns == before
+    assert cfg2.ingest.source == str(tmp_path / "raw")

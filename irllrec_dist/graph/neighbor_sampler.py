@@ -1,0 +1,311 @@
+"""Vectorised pure-PyTorch neighbour sampler for the bipartite user–item graph.
+
+Graph layout
+------------
+The bipartite graph is treated as ONE homogeneous, undirected graph of
+``n_users + n_items`` nodes: user ``u`` is node ``u`` and item ``i`` is node
+``n_users + i`` (``BipartiteCSR.item_node`` / ``user_node`` convert). It is
+stored as a symmetric CSR (``indptr``, ``indices``): every interaction appears
+twice, once in the user's row and once in the item's row. One node type keeps
+the sampler and the blocks simple: a 3-layer LightGCN alternates user → item →
+user anyway, and seeds may mix users and items (e.g. the items of a BPR batch).
+
+Blocks (message-flow graphs)
+----------------------------
+``NeighborSampler.sample(seeds)`` returns ``L = len(fanouts)`` blocks ordered
+like DGL's: ``blocks[0]`` is the input (outermost) layer, ``blocks[-1]`` has
+the seeds as its dst nodes, and ``blocks[l].src_ids == blocks[l-1].dst_ids``.
+In every block the dst nodes come first among the src nodes
+(``src_ids[:n_dst] == dst_ids``), so the seeds are the first ``len(seeds)``
+rows of every layer's node set. Also as in DGL, ``fanouts[l]`` is the fanout
+used to build ``blocks[l]``: sampling starts from the seeds with
+``fanouts[-1]`` and walks outwards.
+
+Sampling is uniform without replacement per dst node; a node whose degree is at
+most the fanout keeps all its neighbours; fanout ``-1`` takes every neighbour.
+Everything is driven by one optional ``torch.Generator``, so the same
+generator state gives the same blocks.
+
+Edge weights
+------------
+Each block edge (src ``v`` -> dst ``u``) carries the LightGCN symmetric
+normalisation ``1 / sqrt(deg(u) deg(v))`` computed from the FULL graph degrees,
+not from the sampled sub-graph. With full fanouts this makes block propagation
+exactly the full-graph Â = D^-1/2 A D^-1/2 propagation (tested), and the
+weights of an edge never depend on which batch sampled it. With a finite
+fanout the sampled sum is then a down-scaled estimate of Â·x for high-degree
+nodes (a node keeps ``fanout`` of its ``deg`` terms); callers who want an
+unbiased estimate can multiply by ``deg(u) / n_sampled(u)`` per dst node
+(``Block.dst_scale`` gives that factor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+_UNSET = torch.iinfo(torch.int64).max
+
+
+@dataclass
+class BipartiteCSR:
+    """Symmetric CSR of the bipartite graph as one homogeneous graph (items offset by n_users)."""
+
+    n_users: int
+    n_items: int
+    indptr: torch.Tensor  # (N + 1,) int64
+    indices: torch.Tensor  # (2E,) int64, neighbours of each row sorted ascending
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def n_edges(self) -> int:
+        """Number of (user, item) interactions (each stored twice)."""
+        return int(self.indices.numel()) // 2
+
+    def degrees(self) -> torch.Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def user_node(self, users) -> torch.Tensor:
+        return torch.as_tensor(users, dtype=torch.int64)
+
+    def item_node(self, items) -> torch.Tensor:
+        return torch.as_tensor(items, dtype=torch.int64) + self.n_users
+
+    def neighbors(self, node: int) -> torch.Tensor:
+        return self.indices[self.indptr[node]:self.indptr[node + 1]]
+
+
+def build_csr(edges: np.ndarray, n_users: int, n_items: int) -> BipartiteCSR:
+    """Symmetric CSR from an (n, 2) int array of (user, item) pairs.
+
+    Duplicate pairs are counted once. Ids must lie in [0, n_users) / [0, n_items).
+    """
+    edges = np.asarray(edges)
+    if edges.ndim != 2 or edges.shape[1] != 2:
+        raise ValueError(f"edges must have shape (n, 2), got {edges.shape}")
+    u = edges[:, 0].astype(np.int64, copy=False)
+    i = edges[:, 1].astype(np.int64, copy=False)
+    if len(u) and (u.min() < 0 or u.max() >= n_users or i.min() < 0 or i.max() >= n_items):
+        raise ValueError("edge ids out of range [0, n_users) x [0, n_items)")
+    keys = np.unique(u * n_items + i)  # sorted by (user, item), deduplicated
+    u, i = keys // n_items, keys % n_items
+    del keys
+    n = n_users + n_items
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    deg = np.concatenate([np.bincount(u, minlength=n_users), np.bincount(i, minlength=n_items)])
+    np.cumsum(deg, out=indptr[1:])
+    indices = np.empty(2 * len(u), dtype=np.int64)
+    indices[:len(u)] = i + n_users  # user rows come first and are already (user, item)-sorted
+    order = np.argsort(i, kind="stable")  # item rows: users ascending within each item
+    indices[len(u):] = u[order]
+    return BipartiteCSR(n_users, n_items, torch.from_numpy(indptr), torch.from_numpy(indices))
+
+
+@dataclass
+class Block:
+    """One message-flow graph: edges from ``src_ids`` to ``dst_ids`` (DGL's block)."""
+
+    src_ids: torch.Tensor  # (n_src,) global node ids; src_ids[:n_dst] == dst_ids
+    n_dst: int
+    edge_src: torch.Tensor  # (n_edges,) local index into src_ids
+    edge_dst: torch.Tensor  # (n_edges,) local index into dst_ids
+    weight: torch.Tensor  # (n_edges,) weight_dtype (float32 default), 1/sqrt(deg_full(src) deg_full(dst))
+    dst_scale: torch.Tensor  # (n_dst,) weight_dtype, deg_full(dst) / n_sampled(dst) (1 where nothing sampled)
+
+    @property
+    def dst_ids(self) -> torch.Tensor:
+        return self.src_ids[:self.n_dst]
+
+    @property
+    def n_src(self) -> int:
+        return int(self.src_ids.numel())
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_src.numel())
+
+
+def inverse_sqrt_degree(deg: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """1/sqrt(deg) per node, 0 for isolated nodes (computed in float64, then cast)."""
+    d = deg.to(torch.float64)
+    return torch.where(d > 0, d.clamp(min=1).rsqrt(), torch.zeros((), dtype=torch.float64)).to(dtype)
+
+
+def make_block(src_ids: torch.Tensor, n_dst: int, edge_src: torch.Tensor, edge_dst: torch.Tensor,
+               deg: torch.Tensor, inv_sqrt_deg: torch.Tensor, src_global: torch.Tensor | None = None,
+               dst_global: torch.Tensor | None = None) -> Block:
+    """A Block with LightGCN weights from full-graph degrees ``deg`` / ``inv_sqrt_deg`` (shared by backends)."""
+    if src_global is None:
+        src_global = src_ids[edge_src]
+    if dst_global is None:
+        dst_global = src_ids[edge_dst]
+    weight = inv_sqrt_deg[src_global] * inv_sqrt_deg[dst_global]
+    n_sampled = torch.bincount(edge_dst, minlength=n_dst)
+    dtype = inv_sqrt_deg.dtype
+    dst_scale = torch.where(n_sampled > 0, deg[src_ids[:n_dst]].to(dtype) / n_sampled.clamp(min=1),
+                            torch.ones((), dtype=dtype))
+    return Block(src_ids, n_dst, edge_src, edge_dst, weight, dst_scale)
+
+
+def _sample_positions(deg: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
+    """(m, k) distinct positions in [0, deg[r]) per row r, uniform over k-subsets (all deg > k).
+
+    Robert Floyd's algorithm vectorised over rows: step s draws t in [0, deg-k+s];
+    if t was already chosen the row takes deg-k+s instead. k steps, no rejection.
+    """
+    m = deg.numel()
+    out = torch.empty((m, k), dtype=torch.int64)
+    rnd = torch.rand((m, k), generator=gen, dtype=torch.float64)
+    for s in range(k):
+        j = deg - k + s  # upper bound (inclusive) of this step
+        t = (rnd[:, s] * (j + 1).to(torch.float64)).to(torch.int64).minimum(j)
+        if s:
+            taken = (out[:, :s] == t.unsqueeze(1)).any(1)
+            t = torch.where(taken, j, t)
+        out[:, s] = t
+    return out
+
+
+class NeighborSampler:
+    """Uniform per-layer neighbour sampler producing DGL-style blocks (see module docstring).
+
+    Not thread-safe: it keeps one scratch array of n_nodes int64 for relabelling
+    (give each thread its own sampler; forked workers get their own copy).
+    """
+
+    def __init__(self, graph: BipartiteCSR, fanouts: Sequence[int] | str,
+                 weight_dtype: torch.dtype = torch.float32):
+        if isinstance(fanouts, str):
+            raise ValueError("pass fanouts as a list; use full_fanouts(L) for all neighbours")
+        fanouts = [int(f) for f in fanouts]
+        if not fanouts or any(f == 0 or f < -1 for f in fanouts):
+            raise ValueError(f"fanouts must be a non-empty list of positive ints or -1, got {fanouts}")
+        self.graph = graph
+        self.fanouts = fanouts
+        self.deg = graph.degrees()
+        self._inv_sqrt_deg = inverse_sqrt_degree(self.deg, weight_dtype)
+        self.weight_dtype = weight_dtype
+        self._scratch = torch.full((graph.n_nodes,), _UNSET, dtype=torch.int64)
+
+    # -- one hop ---------------------------------------------------------------------------
+    def _sample_neighbors(self, dst: torch.Tensor, fanout: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edge_dst local row, neighbour global id) for a hop from ``dst``."""
+        indptr, indices = self.graph.indptr, self.graph.indices
+        start = indptr[dst]
+        deg = self.deg[dst]
+        if fanout < 0:
+            take_all = torch.ones_like(deg, dtype=torch.bool)
+        else:
+            take_all = deg <= fanout
+        # nodes keeping every neighbour
+        rows_all = take_all.nonzero().squeeze(1)
+        lens = deg[rows_all]
+        row_a = torch.repeat_interleave(rows_all, lens)
+        offsets = torch.cumsum(lens, 0) - lens
+        flat = torch.arange(row_a.numel(), dtype=torch.int64)
+        pos_a = start[row_a] + flat - torch.repeat_interleave(offsets, lens)
+        if fanout < 0 or bool(take_all.all()):
+            return row_a, indices[pos_a]
+        # nodes sampling `fanout` of their neighbours
+        rows_s = (~take_all).nonzero().squeeze(1)
+        pos = _sample_positions(deg[rows_s], fanout, gen)
+        row_s = rows_s.repeat_interleave(fanout)
+        pos_s = (start[rows_s].unsqueeze(1) + pos).reshape(-1)
+        return torch.cat([row_a, row_s]), indices[torch.cat([pos_a, pos_s])]
+
+    def _relabel(self, dst: torch.Tensor, nbr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src_ids (dst first, then new nodes in order of first appearance) and local ids of ``nbr``."""
+        scratch = self._scratch
+        n_dst = dst.numel()
+        scratch[dst] = torch.arange(n_dst, dtype=torch.int64)
+        cand = nbr[scratch[nbr] == _UNSET]
+        if cand.numel():
+            order = torch.arange(cand.numel(), dtype=torch.int64)
+            scratch.scatter_reduce_(0, cand, order, reduce="amin")  # first occurrence wins
+            new = cand[scratch[cand] == order]
+            scratch[new] = n_dst + torch.arange(new.numel(), dtype=torch.int64)
+            src_ids = torch.cat([dst, new])
+        else:
+            src_ids = dst.clone()
+        local = scratch[nbr]
+        scratch[src_ids] = _UNSET
+        return src_ids, local
+
+    # -- public ----------------------------------------------------------------------------
+    def sample(self, seeds, generator: torch.Generator | None = None) -> list[Block]:
+        """Blocks for ``seeds`` (global node ids, unique; items as n_users + item)."""
+        seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
+        if seeds.numel() and (int(seeds.min()) < 0 or int(seeds.max()) >= self.graph.n_nodes):
+            raise ValueError("seed ids out of range [0, n_users + n_items)")
+        if torch.unique(seeds).numel() != seeds.numel():
+            raise ValueError("seeds must be unique")
+        blocks: list[Block] = []
+        dst = seeds
+        for fanout in reversed(self.fanouts):
+            row, nbr = self._sample_neighbors(dst, fanout, generator)
+            src_ids, local = self._relabel(dst, nbr)
+            blocks.insert(0, make_block(src_ids, int(dst.numel()), local, row, self.deg, self._inv_sqrt_deg,
+                                        src_global=nbr, dst_global=dst[row]))
+            dst = src_ids
+        return blocks
+
+
+def full_fanouts(layers: int) -> list[int]:
+    """Fanouts taking every neighbour in each of ``layers`` layers."""
+    return [-1] * layers
+
+
+def parse_fanouts(spec: str | Sequence[int]) -> list[int]:
+    """"10,10,10" -> [10, 10, 10]; "full" or "full:3" -> [-1, -1, -1]."""
+    if not isinstance(spec, str):
+        return [int(f) for f in spec]
+    spec = spec.strip()
+    if spec.startswith("full"):
+        layers = int(spec.split(":", 1)[1]) if ":" in spec else 3
+        return full_fanouts(layers)
+    return [int(f) for f in spec.replace(" ", "").split(",") if f]
+
+
+def propagate_blocks(blocks: Sequence[Block], x: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """LightGCN propagation through ``blocks`` for the seed nodes.
+
+    ``x``: (blocks[0].n_src, d) layer-0 features of the outermost src nodes, in
+    ``blocks[0].src_ids`` order. Each block computes, for its dst nodes,
+    h'_u = sum over sampled edges (v -> u) of w_uv h_v (w = 1/sqrt(deg deg));
+    the result is the sum of layer outputs 0..L at the seeds (the seeds are the
+    first ``blocks[-1].n_dst`` rows of every layer), as in the project's
+    ``model.lightgcn.propagate``. With full fanouts this equals full-graph
+    propagation exactly. ``unbiased`` rescales each dst row by
+    deg/n_sampled. Differentiable w.r.t. ``x``.
+    """
+    if x.shape[0] != blocks[0].n_src:
+        raise ValueError(f"x has {x.shape[0]} rows, blocks[0] has {blocks[0].n_src} src nodes")
+    n_seed = blocks[-1].n_dst
+    h = x
+    out = x[:n_seed]
+    for b in blocks:
+        msg = h.index_select(0, b.edge_src) * b.weight.to(h.dtype).unsqueeze(1)
+        h = torch.zeros((b.n_dst, h.shape[1]), dtype=h.dtype, device=h.device).index_add(0, b.edge_dst, msg)
+        if unbiased:
+            h = h * b.dst_scale.to(h.dtype).unsqueeze(1)
+        out = out + h[:n_seed]
+    return out
+
+
+def make_sampler(graph: BipartiteCSR, fanouts: Sequence[int], backend: str = "torch",
+                 weight_dtype: torch.dtype = torch.float32):
+    """``backend``: "torch" (this module), "dgl" (irllrec_dist.graph.dgl_backend, needs ``import dgl``)
+    or "auto" (DGL when it imports, else torch). Both return the same Block lists."""
+    if backend not in ("torch", "dgl", "auto"):
+        raise ValueError(f"unknown sampler backend {backend!r}")
+    if backend != "torch":
+        from irllrec_dist.graph import dgl_backend
+        if backend == "dgl" or dgl_backend.dgl_available():
+            return dgl_backend.DGLNeighborSampler(graph, fanouts, weight_dtype=weight_dtype)
+    return NeighborSampler(graph, fanouts, weight_dtype=weight_dtype)
