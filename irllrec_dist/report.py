@@ -52,7 +52,7 @@ def table(groups: dict[str, list[dict]], split: str = "test") -> str:
 
 def degree_table(groups: dict[str, list[dict]], metric: str = "recall@20") -> str:
     buckets = next(iter(r["test_by_degree"] for runs in groups.values() for r in runs if "test_by_degree" in r))
-    lines = [f"| run | " + " | ".join(f"{metric} users {b} ({buckets[b]['users']})" for b in buckets) + " |",
+    lines = ["| run | " + " | ".join(f"{metric} users {b} ({buckets[b]['users']})" for b in buckets) + " |",
              "|" + "---|" * (len(buckets) + 1)]
     for group, runs in groups.items():
         runs = [r for r in runs if "test_by_degree" in r]

@@ -175,5 +175,6 @@ def test_input_validation_and_fanout_parsing():
     assert parse_fanouts("10,10,10") == [10, 10, 10]
     assert parse_fanouts("full") == [-1, -1, -1]
     assert parse_fanouts("full:2") == [-1, -1]
+    assert NeighborSampler(csr, "full:2").fanouts == [-1, -1]
     with pytest.raises(ValueError):
         make_sampler(csr, [2], backend="pyg")

@@ -142,13 +142,13 @@ def make_block(src_ids: torch.Tensor, n_dst: int, edge_src: torch.Tensor, edge_d
                dst_global: torch.Tensor | None = None) -> Block:
     """A Block with LightGCN weights from full-graph degrees ``deg`` / ``inv_sqrt_deg`` (shared by backends)."""
     if src_global is None:
-        src_global = src_ids[edge_src]
+        src_global = src_ids.index_select(0, edge_src)
     if dst_global is None:
-        dst_global = src_ids[edge_dst]
-    weight = inv_sqrt_deg[src_global] * inv_sqrt_deg[dst_global]
+        dst_global = src_ids.index_select(0, edge_dst)
+    weight = inv_sqrt_deg.index_select(0, src_global) * inv_sqrt_deg.index_select(0, dst_global)
     n_sampled = torch.bincount(edge_dst, minlength=n_dst)
     dtype = inv_sqrt_deg.dtype
-    dst_scale = torch.where(n_sampled > 0, deg[src_ids[:n_dst]].to(dtype) / n_sampled.clamp(min=1),
+    dst_scale = torch.where(n_sampled > 0, deg.index_select(0, src_ids[:n_dst]).to(dtype) / n_sampled.clamp(min=1),
                             torch.ones((), dtype=dtype))
     return Block(src_ids, n_dst, edge_src, edge_dst, weight, dst_scale)
 
@@ -161,13 +161,14 @@ def _sample_positions(deg: torch.Tensor, k: int, gen: torch.Generator | None) ->
     """
     m = deg.numel()
     out = torch.empty((m, k), dtype=torch.int64)
-    rnd = torch.rand((m, k), generator=gen, dtype=torch.float64)
+    j = deg - k  # upper bound (inclusive) of step s is j + s
+    bound = torch.arange(1, k + 1, dtype=torch.float64) + j.to(torch.float64).unsqueeze(1)
+    draws = (torch.rand((m, k), generator=gen, dtype=torch.float64) * bound).to(torch.int64)
     for s in range(k):
-        j = deg - k + s  # upper bound (inclusive) of this step
-        t = (rnd[:, s] * (j + 1).to(torch.float64)).to(torch.int64).minimum(j)
+        t = draws[:, s].minimum(j + s)
         if s:
             taken = (out[:, :s] == t.unsqueeze(1)).any(1)
-            t = torch.where(taken, j, t)
+            t = torch.where(taken, j + s, t)
         out[:, s] = t
     return out
 
@@ -181,9 +182,7 @@ class NeighborSampler:
 
     def __init__(self, graph: BipartiteCSR, fanouts: Sequence[int] | str,
                  weight_dtype: torch.dtype = torch.float32):
-        if isinstance(fanouts, str):
-            raise ValueError("pass fanouts as a list; use full_fanouts(L) for all neighbours")
-        fanouts = [int(f) for f in fanouts]
+        fanouts = parse_fanouts(fanouts)  # also accepts "10,10,10" and "full[:L]"
         if not fanouts or any(f == 0 or f < -1 for f in fanouts):
             raise ValueError(f"fanouts must be a non-empty list of positive ints or -1, got {fanouts}")
         self.graph = graph
@@ -195,46 +194,45 @@ class NeighborSampler:
 
     # -- one hop ---------------------------------------------------------------------------
     def _sample_neighbors(self, dst: torch.Tensor, fanout: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
-        """(edge_dst local row, neighbour global id) for a hop from ``dst``."""
+        """(edge_dst local row, neighbour global id) for a hop from ``dst``.
+
+        (index_select rather than ``t[idx]`` throughout: several times faster on CPU.)"""
         indptr, indices = self.graph.indptr, self.graph.indices
-        start = indptr[dst]
-        deg = self.deg[dst]
-        if fanout < 0:
-            take_all = torch.ones_like(deg, dtype=torch.bool)
-        else:
-            take_all = deg <= fanout
-        # nodes keeping every neighbour
+        start = indptr.index_select(0, dst)
+        deg = self.deg.index_select(0, dst)
+        take_all = torch.ones_like(deg, dtype=torch.bool) if fanout < 0 else deg <= fanout
+        # nodes keeping every neighbour: positions start .. start + deg - 1
         rows_all = take_all.nonzero().squeeze(1)
-        lens = deg[rows_all]
+        lens = deg.index_select(0, rows_all)
         row_a = torch.repeat_interleave(rows_all, lens)
-        offsets = torch.cumsum(lens, 0) - lens
-        flat = torch.arange(row_a.numel(), dtype=torch.int64)
-        pos_a = start[row_a] + flat - torch.repeat_interleave(offsets, lens)
+        shift = torch.zeros_like(deg)  # start - (offset of the row in the flat output)
+        shift.index_copy_(0, rows_all, start.index_select(0, rows_all) - (torch.cumsum(lens, 0) - lens))
+        pos_a = torch.arange(row_a.numel(), dtype=torch.int64) + shift.index_select(0, row_a)
         if fanout < 0 or bool(take_all.all()):
-            return row_a, indices[pos_a]
+            return row_a, indices.index_select(0, pos_a)
         # nodes sampling `fanout` of their neighbours
         rows_s = (~take_all).nonzero().squeeze(1)
-        pos = _sample_positions(deg[rows_s], fanout, gen)
-        row_s = rows_s.repeat_interleave(fanout)
-        pos_s = (start[rows_s].unsqueeze(1) + pos).reshape(-1)
-        return torch.cat([row_a, row_s]), indices[torch.cat([pos_a, pos_s])]
+        pos = _sample_positions(deg.index_select(0, rows_s), fanout, gen)
+        row_s = rows_s.unsqueeze(1).expand(-1, fanout).reshape(-1)
+        pos_s = (start.index_select(0, rows_s).unsqueeze(1) + pos).reshape(-1)
+        return torch.cat([row_a, row_s]), indices.index_select(0, torch.cat([pos_a, pos_s]))
 
     def _relabel(self, dst: torch.Tensor, nbr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src_ids (dst first, then new nodes in order of first appearance) and local ids of ``nbr``."""
         scratch = self._scratch
         n_dst = dst.numel()
-        scratch[dst] = torch.arange(n_dst, dtype=torch.int64)
-        cand = nbr[scratch[nbr] == _UNSET]
+        scratch.index_copy_(0, dst, torch.arange(n_dst, dtype=torch.int64))
+        cand = nbr[scratch.index_select(0, nbr) == _UNSET]
         if cand.numel():
             order = torch.arange(cand.numel(), dtype=torch.int64)
             scratch.scatter_reduce_(0, cand, order, reduce="amin")  # first occurrence wins
-            new = cand[scratch[cand] == order]
-            scratch[new] = n_dst + torch.arange(new.numel(), dtype=torch.int64)
+            new = cand[scratch.index_select(0, cand) == order]
+            scratch.index_copy_(0, new, n_dst + torch.arange(new.numel(), dtype=torch.int64))
             src_ids = torch.cat([dst, new])
         else:
             src_ids = dst.clone()
-        local = scratch[nbr]
-        scratch[src_ids] = _UNSET
+        local = scratch.index_select(0, nbr)
+        scratch.index_fill_(0, src_ids, _UNSET)
         return src_ids, local
 
     # -- public ----------------------------------------------------------------------------
@@ -251,7 +249,7 @@ class NeighborSampler:
             row, nbr = self._sample_neighbors(dst, fanout, generator)
             src_ids, local = self._relabel(dst, nbr)
             blocks.insert(0, make_block(src_ids, int(dst.numel()), local, row, self.deg, self._inv_sqrt_deg,
-                                        src_global=nbr, dst_global=dst[row]))
+                                        src_global=nbr, dst_global=dst.index_select(0, row)))
             dst = src_ids
         return blocks
 

@@ -35,6 +35,7 @@ _LINE = re.compile(r"""^[\s>*#-]*\**\s*(profile|summary|intents?)\s*\**\s*[:=]\s
 _BULLET = re.compile(r"""^\s*(?:[-*\u2022]+|\d+[.)]|\(\d+\))\s*""")
 _PLACEHOLDER = re.compile(r"^<[^<>]*>$")
 _MAX_DEPTH = 32
+_MAX_CANDIDATES = 50
 
 
 @dataclass
@@ -277,42 +278,57 @@ def _best(cands: list[tuple[int, dict, list[str]]]):
     return max(cands, key=lambda c: (len(c[1]), c[0]))
 
 
-def _find_answer(text: str) -> tuple[dict | None, list[str]]:
-    strict = []
-    for pos, obj in _strict_objects(text):
-        found, why = _pick(obj)
-        if found:
-            strict.append((pos, found, why))
-    best = _best(strict)
-    if best is not None and len(best[1]) == 2:
-        return best[1], best[2]
-
-    lenient = []
-    for m in _KEY_START.finditer(text):
+def _lenient_candidates(text: str, pattern: re.Pattern, synth: bool) -> list:
+    out = []
+    for m in list(pattern.finditer(text))[-_MAX_CANDIDATES:]:
+        if synth and text[:m.start()].rstrip().endswith("{"):
+            continue  # already read as an object
         try:
-            obj, flags = lenient_loads(text[m.start():])
+            obj, flags = lenient_loads(("{" if synth else "") + text[m.start():])
         except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
             found, why = _pick(obj)
             if found:
-                lenient.append((m.start(), found, flags + why))
-    if not lenient:
-        m = _QUOTED_KEY.search(text)
-        if m:  # '"profile": ..., "intents": [...]' without the opening brace
-            try:
-                obj, flags = lenient_loads("{" + text[m.start():])
-            except (ValueError, RecursionError):
-                obj, flags = None, []
-            if isinstance(obj, dict):
-                found, why = _pick(obj)
-                if found:
-                    lenient.append((m.start(), found, ["no opening brace"] + flags + why))
-    lb = _best(lenient)
-    if lb is not None and (best is None or len(lb[1]) > len(best[1])):
-        return lb[1], lb[2]
-    if best is not None:
+                out.append((m.start(), found, (["no opening brace"] if synth else []) + flags + why))
+    return out
+
+
+def _has(found: dict, key: str) -> bool:
+    v = found.get(key)
+    return v is not None and v != "" and v != [] and v != {}
+
+
+def _find_answer(text: str) -> tuple[dict | None, list[str]]:
+    cands = []
+    for pos, obj in _strict_objects(text):
+        found, why = _pick(obj)
+        if found:
+            cands.append((pos, found, why))
+    best = _best(cands)
+    if best is not None and len(best[1]) == 2:
         return best[1], best[2]
+
+    cands += _lenient_candidates(text, _KEY_START, synth=False)
+    if not any(len(c[1]) == 2 for c in cands):
+        # '"profile": ..., "intents": [...]' without an opening brace, or a key outside its object
+        cands += _lenient_candidates(text, _QUOTED_KEY, synth=True)
+    best = _best(cands)
+    if best is not None:
+        found, reasons = dict(best[1]), list(best[2])
+        for key in ("profile", "intents"):
+            if _has(found, key):
+                continue
+            # '{"profile": "..."}, {"intents": [...]}': take the missing field from another object,
+            # the nearest one after the chosen object if any, else the last one before it
+            donors = [c for c in cands if c is not best and _has(c[1], key)]
+            after = [c for c in donors if c[0] > best[0]]
+            donor = min(after, key=lambda c: c[0]) if after else (donors[-1] if donors else None)
+            if donor is not None:
+                found[key] = donor[1][key]
+                reasons += [r for r in donor[2] if r not in reasons]
+                reasons.append("profile and intents read from separate objects")
+        return found, reasons
 
     # 'Profile: ...' / 'Intents: a, b, c' lines
     found: dict = {}
