@@ -188,14 +188,19 @@ class TrainConfig:
     edge_keep: float = 0.8  # edge dropout: probability an interaction is kept, redrawn per batch
     eval_every: int = 3
     patience: int = 5  # validation checks without improvement before stopping
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: int = 0  # torch intra-op threads; 0 = all cores (in-process) or cpus_per_worker (Ray)
     run_name: str = "lightgcn"
+    workers: int = 0  # 0: train in this process; >= 1: Ray Train workers (local Ray unless RAY_ADDRESS)
+    cpus_per_worker: int = 1
+    ray_storage: str = ""  # Ray Train's own storage path ('' = Ray's default)
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.edge_keep <= 1, "train.edge_keep must be in (0, 1]")
         _check(self.eval_every >= 1 and self.patience >= 1, "train.eval_every/patience must be >= 1")
+        _check(self.workers >= 0 and self.cpus_per_worker >= 1, "train.workers must be >= 0, cpus_per_worker >= 1")
+        _check(self.workers <= 1 or self.batch_size >= self.workers, "train.batch_size must be >= train.workers")
 
 
 @dataclass
@@ -327,6 +332,13 @@ def load_config(paths: str | list[str] | None, overrides: list[str] = ()) -> Con
         data = _merge(data, _read_preset(path))
     for o in overrides:
         data = _merge(data, parse_override(o))
+    cfg = _build(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a validated Config from ``Config.to_dict()`` output (e.g. on a Ray worker)."""
     cfg = _build(Config, data)
     cfg.validate()
     return cfg

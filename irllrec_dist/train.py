@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -24,10 +25,12 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from irllrec_dist import evaluate, storage
-from irllrec_dist.config import Config, add_config_args, load_config
+from irllrec_dist.config import Config, add_config_args, config_from_dict, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
@@ -50,10 +53,41 @@ def load_text(cfg: Config, data: ds.Dataset) -> TextInputs | None:
     return load_text_inputs(cfg.run_root, data.n_users, data.n_items)
 
 
-def run(cfg: Config) -> dict:
+class TrainStep(nn.Module):
+    """One step's forward: propagation and every loss term, so that DistributedDataParallel
+    sees the whole computation behind ``loss.backward()`` as one forward call."""
+
+    def __init__(self, model: nn.Module, adj, text: TextInputs | None, cfg: Config,
+                 teacher: EMATeacher | None):
+        super().__init__()
+        self.model, self.adj, self.text, self.loss_cfg = model, adj, text, cfg.loss
+        self.teacher = teacher  # frozen: DDP ignores parameters without requires_grad
+
+    def forward(self, mask, bu, bp, bn, gen):
+        mats = self.adj.matrices(mask)
+        layer_out = self.model.propagate(*mats)
+        teacher_out = self.teacher.propagate(*mats) if self.teacher is not None else None
+        terms = loss_terms(self.model, layer_out, self.adj, bu, bp, bn, self.loss_cfg, self.text,
+                           self.teacher, teacher_out, mask, gen)
+        return weighted_sum(terms, self.loss_cfg), terms
+
+
+def _digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for t in module.state_dict().values():
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
+    """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
+    initialised) and rank 0 validates, checkpoints and returns the summary."""
     tc = cfg.train
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+    distributed = world > 1
+    torch.set_num_threads(tc.threads or (tc.cpus_per_worker if tc.workers else os.cpu_count()) or 1)
     torch.manual_seed(tc.seed)
+    # The same seed on every rank: negatives, shuffling and dropout masks agree across
+    # ranks, and each rank takes its own slice of every global batch.
     rng = np.random.default_rng(tc.seed)
     t_start = time.time()
 
@@ -65,16 +99,23 @@ def run(cfg: Config) -> dict:
     text = load_text(cfg, data)
     model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None)
     teacher = EMATeacher(model, cfg.loss.ema_momentum) if cfg.loss.itm else None
+    step = TrainStep(model, adj, text, cfg, teacher)
+    if distributed:
+        # Unused parameters happen legitimately (e.g. the intent MLP when only the profile
+        # loss is on), so DDP must look for them.
+        step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
     # Text-loss randomness (noise, hard negatives) has its own stream so that
     # switching those losses on does not change the graph tower's draws.
-    gen = torch.Generator().manual_seed(tc.seed + 1)
+    gen = torch.Generator().manual_seed(tc.seed + 1 + rank)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    log.info("train: %d users, %d items, %d edges; %d threads", data.n_users, data.n_items, n_train,
-             torch.get_num_threads())
+    lead = rank == 0
+    if lead:
+        log.info("train: %d users, %d items, %d edges; %d worker(s), %d threads each", data.n_users,
+                 data.n_items, n_train, world, torch.get_num_threads())
 
     history, best, best_state, best_teacher, bad_checks = [], None, None, None, 0
     monitor = f"recall@{cfg.eval.monitor_k}"
-    bar = tqdm(range(tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True)
+    bar = tqdm(range(tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True, disable=not lead)
     for epoch in bar:
         t0 = time.time()
         model.train()
@@ -83,17 +124,12 @@ def run(cfg: Config) -> dict:
         sums: dict[str, float] = {}
         n_batches = 0
         for start in range(0, n_train, tc.batch_size):
-            b = perm[start:start + tc.batch_size]
+            b = perm[start:start + tc.batch_size][rank::world]
             mask = None
             if tc.edge_keep < 1.0:
                 mask = (torch.rand(n_train) < tc.edge_keep).to(torch.float32)
-            mats = adj.matrices(mask)
-            layer_out = model.propagate(*mats)
-            teacher_out = teacher.propagate(*mats) if teacher is not None else None
             bu, bp, bn = (torch.from_numpy(x) for x in (train_u[b], train_i[b], neg[b]))
-            terms = loss_terms(model, layer_out, adj, bu, bp, bn, cfg.loss, text, teacher, teacher_out,
-                               mask, gen)
-            loss = weighted_sum(terms, cfg.loss)
+            loss, terms = step(mask, bu, bp, bn, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -107,27 +143,42 @@ def run(cfg: Config) -> dict:
                   "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1)}
 
         if epoch % tc.eval_every == 0:
-            model.eval()
-            with torch.no_grad():
-                user_all, item_all = model(*adj.matrices())
-            val = evaluate.split_metrics(cfg, data, user_all, item_all, "val")
-            record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
-            if best is None or val[monitor] > best[monitor]:
-                best, bad_checks = dict(val, epoch=epoch), 0
-                best_state = copy.deepcopy(model.state_dict())
-                best_teacher = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
-            else:
-                bad_checks += 1
-            bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val[monitor]:.4f}",
-                            best=f"{best[monitor]:.4f}@{best['epoch']}")
-            log.info("epoch %d loss %.4f val %s %.4f (best %.4f @ %d) %.2fs/epoch %.0f edges/s rss %.0f MiB",
-                     epoch, record["loss"], monitor, val[monitor], best[monitor], best["epoch"], epoch_s,
-                     record["edges_per_s"], peak_rss_mib())
+            if lead:
+                model.eval()
+                with torch.no_grad():
+                    user_all, item_all = model(*adj.matrices())
+                val = evaluate.split_metrics(cfg, data, user_all, item_all, "val")
+                record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
+                if best is None or val[monitor] > best[monitor]:
+                    best, bad_checks = dict(val, epoch=epoch), 0
+                    best_state = copy.deepcopy(model.state_dict())
+                    best_teacher = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
+                else:
+                    bad_checks += 1
+                bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val[monitor]:.4f}",
+                                best=f"{best[monitor]:.4f}@{best['epoch']}")
+                log.info("epoch %d loss %.4f val %s %.4f (best %.4f @ %d) %.2fs/epoch %.0f edges/s rss %.0f MiB",
+                         epoch, record["loss"], monitor, val[monitor], best[monitor], best["epoch"], epoch_s,
+                         record["edges_per_s"], peak_rss_mib())
+            if distributed:  # every rank follows rank 0's early-stopping decision
+                box = [bad_checks]
+                dist.broadcast_object_list(box, src=0)
+                bad_checks = box[0]
         history.append(record)
         if bad_checks >= tc.patience:
-            log.info("early stop at epoch %d: %d checks without improvement", epoch, bad_checks)
+            if lead:
+                log.info("early stop at epoch %d: %d checks without improvement", epoch, bad_checks)
             break
     bar.close()
+
+    # Replicas must agree bit for bit: students through DDP, teachers through identical updates.
+    digests = {"model": _digest(model), "teacher": _digest(teacher) if teacher is not None else None}
+    all_digests = [digests]
+    if distributed:
+        all_digests = [None] * world
+        dist.all_gather_object(all_digests, digests)
+    if not lead:
+        return None
 
     buf = io.BytesIO()
     torch.save({"model": best_state, "teacher": best_teacher, "epoch": best["epoch"],
@@ -136,9 +187,10 @@ def run(cfg: Config) -> dict:
     storage.write_bytes(evaluate.run_uri(cfg, "checkpoints", "best.pt"), buf.getvalue())
     test = evaluate.run(cfg, "test")
     summary = {
-        "run_name": tc.run_name, "seed": tc.seed, "best_epoch": best["epoch"],
+        "run_name": tc.run_name, "seed": tc.seed, "workers": world, "best_epoch": best["epoch"],
         "epochs_run": len(history), "wall_s": round(time.time() - t_start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "replicas_identical": all(d == all_digests[0] for d in all_digests),
         "val": {k: v for k, v in best.items() if "@" in k},
         "test": {k: v for k, v in test.items() if "@" in k or k == "users"},
         "test_by_degree": test["by_degree"],
@@ -146,6 +198,43 @@ def run(cfg: Config) -> dict:
     }
     storage.write_json(evaluate.run_uri(cfg, "metrics.json"), summary)
     return summary
+
+
+def _ray_worker(config: dict) -> None:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    summary = train_loop(config_from_dict(config), ctx.get_world_rank(), ctx.get_world_size())
+    ray.train.report({"done": True, "best_epoch": summary["best_epoch"] if summary else -1})
+
+
+def run_ray(cfg: Config) -> dict:
+    """Ray Train: a local Ray is started unless RAY_ADDRESS names a cluster (as under `ray job submit`)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if "://" not in cfg.run_root:  # workers do not share the driver's working directory
+        cfg.run_root = os.path.abspath(cfg.run_root)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    tc = cfg.train
+    trainer = TorchTrainer(
+        _ray_worker, train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=False,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        run_config=RunConfig(name=f"irllrec-{tc.run_name}-{int(time.time())}",
+                             storage_path=tc.ray_storage or None),
+    )
+    trainer.fit()
+    return storage.read_json(evaluate.run_uri(cfg, "metrics.json"))
+
+
+def run(cfg: Config) -> dict:
+    if cfg.train.workers >= 1:
+        return run_ray(cfg)
+    return train_loop(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
