@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 
-from irllrec_dist import embed, ingest, storage, train
+from irllrec_dist import embed, evaluate, ingest, storage, train
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import synthetic
 
@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.loss.uses_text():
         embed.run(cfg)
     summary = train.run(cfg)
+    reference = evaluate.reference_rows(cfg)
     print(f"\nrun root: {cfg.run_root}   best epoch: {summary['best_epoch']}   "
           f"wall: {time.time() - t0:.0f}s   peak RSS: {summary['peak_rss_mib']:.0f} MiB")
     print(format_table(summary))
+    for name, row in reference.items():
+        print(f"reference, {name}: test R@20 {row['test']['recall@20']:.4f}  N@20 {row['test']['ndcg@20']:.4f}")
     return 0
 
 

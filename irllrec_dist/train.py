@@ -1,13 +1,15 @@
 """Stage: train the dual towers (LightGCN alone when every text loss is off).
 
-    python -m irllrec_dist.train --config configs/amazon.yaml train.seed=1
+    python -m irllrec_dist.train --config configs/amazon.yaml train.seed=1 [train.workers=2]
 
-The whole loop is in ``run``: per epoch, draw one uniform negative per
+The whole loop is in ``train_loop``: per epoch, draw one uniform negative per
 training edge and shuffle; per batch, redraw the edge-dropout mask, propagate
 over the full graph, add up the switched-on loss terms (model/objective.py),
 step Adam, update the EMA teacher. Validate on Recall@monitor_k every
 ``eval_every`` epochs, keep the best checkpoint, stop after ``patience`` checks
-without improvement, then evaluate the best on test.
+without improvement, then evaluate the best on test. With ``train.workers`` >= 1
+the same loop runs on Ray Train workers (``run_ray``), each taking its slice of
+every global batch under DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
 from irllrec_dist.model.dual_tower import TextInputs, build_model
 from irllrec_dist.model.ema import EMATeacher
 from irllrec_dist.model.objective import loss_terms, weighted_sum
+from irllrec_dist.monitoring import TensorBoardLog
 
 log = logging.getLogger("irllrec_dist.train")
 
@@ -113,6 +116,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
         log.info("train: %d users, %d items, %d edges; %d worker(s), %d threads each", data.n_users,
                  data.n_items, n_train, world, torch.get_num_threads())
 
+    tb = TensorBoardLog(evaluate.run_uri(cfg, "tensorboard")) if lead else None
     history, best, best_state, best_teacher, bad_checks = [], None, None, None, 0
     monitor = f"recall@{cfg.eval.monitor_k}"
     bar = tqdm(range(tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True, disable=not lead)
@@ -141,6 +145,12 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
         epoch_s = time.time() - t0
         record = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
                   "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1)}
+        if tb is not None:
+            tb.scalars(epoch, {k: v for k, v in record.items() if k in sums}, "loss/")
+            tb.scalars(epoch, {"edges_per_s_per_worker": n_train / world / epoch_s, "epoch_s": epoch_s},
+                       "throughput/")
+            tb.scalars(epoch, {"peak_rss_mib": peak_rss_mib()}, "memory/")
+            tb.scalars(epoch, {"lr": opt.param_groups[0]["lr"]}, "optim/")
 
         if epoch % tc.eval_every == 0:
             if lead:
@@ -149,6 +159,8 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
                     user_all, item_all = model(*adj.matrices())
                 val = evaluate.split_metrics(cfg, data, user_all, item_all, "val")
                 record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
+                tb.scalars(epoch, {k: v for k, v in val.items() if "@" in k}, "val/")
+                tb.flush()
                 if best is None or val[monitor] > best[monitor]:
                     best, bad_checks = dict(val, epoch=epoch), 0
                     best_state = copy.deepcopy(model.state_dict())
@@ -197,6 +209,12 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
         "history": history,
     }
     storage.write_json(evaluate.run_uri(cfg, "metrics.json"), summary)
+    tb.scalars(best["epoch"], summary["test"], "test/")
+    tb.hparams({"model": cfg.model.name, "dim": cfg.model.dim, "layers": cfg.model.layers,
+                "intents": cfg.model.intents, "lr": tc.lr, "batch_size": tc.batch_size, "workers": world,
+                "seed": tc.seed, **{f"loss.{k}": v for k, v in vars(cfg.loss).items()}},
+               {k: v for k, v in summary["test"].items() if "@" in k})
+    tb.close()
     return summary
 
 

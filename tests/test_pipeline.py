@@ -53,6 +53,7 @@ def test_pipeline_cli_on_generated_data(tmp_path):
                          cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test  |" in out.stdout and "R@20" in out.stdout
+    assert "reference, popularity: test R@20" in out.stdout
     assert json.loads((root / "raw" / "_synthetic.json").read_text())["n_users"] == 300
     assert (root / "runs" / "demo-lightgcn" / "metrics.json").exists()
 
@@ -71,3 +72,21 @@ def test_synthetic_is_not_regenerated_for_the_same_config(tmp_path):
     ensure_synthetic(cfg2)
     assert train_file.stat().st_mtime_ns == before
     assert cfg2.ingest.source == str(tmp_path / "raw")
+
+
+def test_tensorboard_events_are_written(tmp_path, tiny_raw):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(tmp_path / "root", tiny_raw, max_epochs=4, eval_every=3, threads=1, run_name="tb")
+    ingest.run(cfg)
+    summary = train.run(cfg)
+    acc = EventAccumulator(str(tmp_path / "root" / "runs" / "tb" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/loss", "loss/bpr", "loss/reg", "val/recall@20", "throughput/edges_per_s_per_worker",
+            "memory/peak_rss_mib", "optim/lr", "test/recall@20"} <= tags
+    bpr = acc.Scalars("loss/bpr")
+    assert [e.step for e in bpr] == [0, 1, 2, 3]
+    assert abs(bpr[-1].value - summary["history"][-1]["bpr"]) < 1e-6
+    assert [e.step for e in acc.Scalars("val/recall@20")] == [0, 3]
+    assert abs(acc.Scalars("test/recall@20")[0].value - summary["test"]["recall@20"]) < 1e-6

@@ -60,6 +60,8 @@ def test_outputs_committed_on_s3(s3_run):
     assert fs.exists(f"{run}/recommendations/_manifest.json")
     rec = json.loads(fs.cat(f"{run}/recommendations/_manifest.json"))
     assert rec["num_rows"] > 0
+    # the trainer's TensorBoard event files are on S3 too
+    assert any("tfevents" in p for p in fs.find(f"{run}/tensorboard"))
     # Committed outputs carry no leftover staging attempts.
     for t in TABLES:
         attempts = [p for p in fs.ls(f"{RUN}/dataset/{t}", detail=False) if "/attempt-" in p]

@@ -17,6 +17,9 @@ limit), repeat themselves, or give intents as one comma-separated string.
 
 Where several JSON objects appear (reasoning that quotes an example, a model
 that repeats its answer) the *last* one carrying both keys wins.
+
+Written here rather than with json-repair because the stage records, per
+entity, *what* was repaired, which json-repair does not report.
 """
 
 from __future__ import annotations
