@@ -24,7 +24,7 @@ from irllrec_dist import storage
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import build_adjacency
-from irllrec_dist.metrics import evaluate_ranking, top_k
+from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded, top_k
 from irllrec_dist.model.dual_tower import build_model
 
 log = logging.getLogger("irllrec_dist.evaluate")
@@ -43,10 +43,14 @@ def exclusion(data: ds.Dataset, split: str, mask_val_in_test: bool) -> sp.csr_ma
 
 
 def split_metrics(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor,
-                  split: str, users: np.ndarray | None = None) -> dict:
-    return evaluate_ranking(user_emb, item_emb, data.matrix(split),
-                            exclusion(data, split, cfg.eval.mask_val_in_test),
-                            tuple(cfg.eval.ks), cfg.eval.max_scores_per_batch, users)
+                  split: str, users: np.ndarray | None = None, rank: int = 0, world: int = 1) -> dict:
+    """Full-ranking metrics of a split; with world > 1 (inside a process group) every rank
+    ranks a shard of the users and all ranks get the single-process result."""
+    args = (user_emb, item_emb, data.matrix(split), exclusion(data, split, cfg.eval.mask_val_in_test),
+            tuple(cfg.eval.ks), cfg.eval.max_scores_per_batch)
+    if world > 1:
+        return evaluate_ranking_sharded(*args, rank=rank, world=world, users=users)
+    return evaluate_ranking(*args, users)
 
 
 def degree_buckets(cfg: Config, data: ds.Dataset) -> dict[str, np.ndarray]:

@@ -67,18 +67,50 @@ def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, exc
     return items_out, scores_out
 
 
+def per_user_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.csr_matrix,
+                     exclude: sp.csr_matrix | None, ks: tuple[int, ...], max_scores: int,
+                     users: np.ndarray) -> dict[str, np.ndarray]:
+    """Recall/NDCG of each of ``users`` (all must have >= 1 truth item)."""
+    top, _ = top_k(user_emb, item_emb, users, exclude, max(ks), max_scores)
+    return recall_ndcg(hit_matrix(top, truth, users), np.diff(truth.indptr)[users], ks)
+
+
+def eval_users(truth: sp.csr_matrix, users: np.ndarray | None = None) -> np.ndarray:
+    """The users a split is evaluated on: those (of ``users``) with at least one truth item."""
+    n_truth = np.diff(truth.indptr)
+    return np.flatnonzero(n_truth > 0) if users is None else users[n_truth[users] > 0]
+
+
+def mean_metrics(per_user: dict[str, np.ndarray], n: int) -> dict[str, float]:
+    result = {name: (float(vals.sum()) / n if n else 0.0) for name, vals in per_user.items()}
+    result["users"] = n
+    return result
+
+
 def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.csr_matrix,
                      exclude: sp.csr_matrix | None, ks: tuple[int, ...], max_scores: int = 1 << 25,
                      users: np.ndarray | None = None) -> dict[str, float]:
     """Mean Recall/NDCG over users (default: all with >= 1 truth item), plus the user count."""
-    n_truth_all = np.diff(truth.indptr)
-    if users is None:
-        users = np.flatnonzero(n_truth_all > 0)
-    else:
-        users = users[n_truth_all[users] > 0]
-    top, _ = top_k(user_emb, item_emb, users, exclude, max(ks), max_scores)
-    per_user = recall_ndcg(hit_matrix(top, truth, users), n_truth_all[users], ks)
-    n = len(users)
-    result = {name: (float(vals.sum()) / n if n else 0.0) for name, vals in per_user.items()}
-    result["users"] = n
-    return result
+    users = eval_users(truth, users)
+    return mean_metrics(per_user_metrics(user_emb, item_emb, truth, exclude, ks, max_scores, users), len(users))
+
+
+def evaluate_ranking_sharded(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.csr_matrix,
+                             exclude: sp.csr_matrix | None, ks: tuple[int, ...], max_scores: int,
+                             rank: int, world: int, users: np.ndarray | None = None) -> dict[str, float]:
+    """The same result as ``evaluate_ranking`` on every rank of an initialised process group,
+    each rank ranking only every world-th user: per-user values are gathered and averaged
+    in the single-process order, so the means are bit-identical."""
+    import torch.distributed as dist
+
+    users = eval_users(truth, users)
+    mine = per_user_metrics(user_emb, item_emb, truth, exclude, ks, max_scores, users[rank::world])
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    full = {}
+    for name in mine:
+        vals = np.empty(len(users))
+        for r, part in enumerate(gathered):
+            vals[r::world] = part[name]
+        full[name] = vals
+    return mean_metrics(full, len(users))

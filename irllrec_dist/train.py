@@ -153,29 +153,28 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
             tb.scalars(epoch, {"lr": opt.param_groups[0]["lr"]}, "optim/")
 
         if epoch % tc.eval_every == 0:
-            if lead:
-                model.eval()
-                with torch.no_grad():
-                    user_all, item_all = model(*adj.matrices())
-                val = evaluate.split_metrics(cfg, data, user_all, item_all, "val")
-                record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
-                tb.scalars(epoch, {k: v for k, v in val.items() if "@" in k}, "val/")
-                tb.flush()
-                if best is None or val[monitor] > best[monitor]:
-                    best, bad_checks = dict(val, epoch=epoch), 0
+            # Every rank ranks a shard of the users and gets the same metrics, so all ranks
+            # take the same early-stopping decision; rank 0 keeps the best state and logs.
+            model.eval()
+            with torch.no_grad():
+                user_all, item_all = model(*adj.matrices())
+            val = evaluate.split_metrics(cfg, data, user_all, item_all, "val", rank=rank, world=world)
+            record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
+            if best is None or val[monitor] > best[monitor]:
+                best, bad_checks = dict(val, epoch=epoch), 0
+                if lead:
                     best_state = copy.deepcopy(model.state_dict())
                     best_teacher = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
-                else:
-                    bad_checks += 1
+            else:
+                bad_checks += 1
+            if lead:
+                tb.scalars(epoch, {k: v for k, v in val.items() if "@" in k}, "val/")
+                tb.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val[monitor]:.4f}",
                                 best=f"{best[monitor]:.4f}@{best['epoch']}")
                 log.info("epoch %d loss %.4f val %s %.4f (best %.4f @ %d) %.2fs/epoch %.0f edges/s rss %.0f MiB",
                          epoch, record["loss"], monitor, val[monitor], best[monitor], best["epoch"], epoch_s,
                          record["edges_per_s"], peak_rss_mib())
-            if distributed:  # every rank follows rank 0's early-stopping decision
-                box = [bad_checks]
-                dist.broadcast_object_list(box, src=0)
-                bad_checks = box[0]
         history.append(record)
         if bad_checks >= tc.patience:
             if lead:
