@@ -192,7 +192,8 @@ class TrainConfig:
     run_name: str = "lightgcn"
     workers: int = 0  # 0: train in this process; >= 1: Ray Train workers (local Ray unless RAY_ADDRESS)
     cpus_per_worker: int = 1
-    ray_storage: str = ""  # Ray Train's own storage path ('' = Ray's default)
+    ray_storage: str = ""  # Ray Train's storage for resumable checkpoints ('' = Ray's default)
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")

@@ -23,6 +23,7 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -82,9 +83,10 @@ def _digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
+def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> dict | None:
     """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
-    initialised) and rank 0 validates, checkpoints and returns the summary."""
+    initialised) and rank 0 validates, checkpoints and returns the summary. ``checkpoints``
+    (Ray runs) restores the latest resumable state and saves a new one every validation."""
     tc = cfg.train
     distributed = world > 1
     torch.set_num_threads(tc.threads or (tc.cpus_per_worker if tc.workers else os.cpu_count()) or 1)
@@ -117,9 +119,23 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
                  data.n_items, n_train, world, torch.get_num_threads())
 
     tb = TensorBoardLog(evaluate.run_uri(cfg, "tensorboard")) if lead else None
-    history, best, best_state, best_teacher, bad_checks = [], None, None, None, 0
+    history, best, best_state, best_teacher, bad_checks, first_epoch = [], None, None, None, 0, 0
+    state = checkpoints.load() if checkpoints is not None else None
+    if state is not None:  # resume exactly where the last checkpoint left off
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["gen_rng"][rank])
+        history, best, bad_checks, first_epoch = state["history"], state["best"], state["bad_checks"], state["epoch"]
+        best_state, best_teacher = state["best_state"], state["best_teacher"]
+        if lead:
+            log.info("resumed from checkpoint at epoch %d (best %s)", first_epoch, best)
     monitor = f"recall@{cfg.eval.monitor_k}"
-    bar = tqdm(range(tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True, disable=not lead)
+    bar = tqdm(range(first_epoch, tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True,
+               disable=not lead, initial=first_epoch, total=tc.max_epochs)
     for epoch in bar:
         t0 = time.time()
         model.train()
@@ -176,6 +192,18 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
                          epoch, record["loss"], monitor, val[monitor], best[monitor], best["epoch"], epoch_s,
                          record["edges_per_s"], peak_rss_mib())
         history.append(record)
+        if checkpoints is not None and epoch % tc.eval_every == 0:
+            gen_states = [gen.get_state()]
+            if distributed:
+                gen_states = [None] * world
+                dist.all_gather_object(gen_states, gen.get_state())
+            checkpoints.save({
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "gen_rng": gen_states,
+                "history": history, "best": best, "bad_checks": bad_checks,
+                "best_state": best_state, "best_teacher": best_teacher,
+            } if lead else None, {"epoch": epoch, **{k: v for k, v in record.items() if k.startswith("val_")}})
         if bad_checks >= tc.patience:
             if lead:
                 log.info("early stop at epoch %d: %d checks without improvement", epoch, bad_checks)
@@ -202,6 +230,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
         "epochs_run": len(history), "wall_s": round(time.time() - t_start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "replicas_identical": all(d == all_digests[0] for d in all_digests),
+        "resumed_at_epoch": first_epoch if state is not None else None,
         "val": {k: v for k, v in best.items() if "@" in k},
         "test": {k: v for k, v in test.items() if "@" in k or k == "users"},
         "test_by_degree": test["by_degree"],
@@ -217,18 +246,43 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1) -> dict | None:
     return summary
 
 
+class RayCheckpoints:
+    """Resumable training state through ``ray.train.Checkpoint`` (Ray Train's storage)."""
+
+    FILE = "state.pt"
+
+    def load(self) -> dict | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(os.path.join(d, self.FILE), map_location="cpu", weights_only=True)
+
+    def save(self, state: dict | None, metrics: dict) -> None:
+        """Collective: every rank calls it; only rank 0 passes a state."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if state is not None:
+                torch.save(state, os.path.join(d, self.FILE))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
 def _ray_worker(config: dict) -> None:
     import ray.train
 
     ctx = ray.train.get_context()
-    summary = train_loop(config_from_dict(config), ctx.get_world_rank(), ctx.get_world_size())
-    ray.train.report({"done": True, "best_epoch": summary["best_epoch"] if summary else -1})
+    train_loop(config_from_dict(config), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints())
 
 
 def run_ray(cfg: Config) -> dict:
     """Ray Train: a local Ray is started unless RAY_ADDRESS names a cluster (as under `ray job submit`)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if "://" not in cfg.run_root:  # workers do not share the driver's working directory
@@ -242,7 +296,9 @@ def run_ray(cfg: Config) -> dict:
         scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=False,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
         run_config=RunConfig(name=f"irllrec-{tc.run_name}-{int(time.time())}",
-                             storage_path=tc.ray_storage or None),
+                             storage_path=tc.ray_storage or None,
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     trainer.fit()
     return storage.read_json(evaluate.run_uri(cfg, "metrics.json"))
