@@ -74,12 +74,12 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
     raw = tmp_path / "raw"
     synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=4, n_users=400, n_items=300, n_intents=12)), str(raw))
     ref = _cfg(tmp_path / "root", raw, 2)
-    ref.train.max_epochs, ref.train.patience, ref.train.ray_storage = 15, 100, str(tmp_path / "ray_ref")
+    ref.train.max_epochs, ref.train.patience, ref.train.ray_storage = 24, 100, str(tmp_path / "ray_ref")
     ingest.run(ref)
     clean = train.run(ref)
 
     cfg = _cfg(tmp_path / "root", raw, 2)
-    cfg.train.max_epochs, cfg.train.patience, cfg.train.run_name = 15, 100, "killed"
+    cfg.train.max_epochs, cfg.train.patience, cfg.train.run_name = 24, 100, "killed"
     cfg.train.ray_storage = str(tmp_path / "ray_killed")
     killed = []
     started = time.time()
@@ -104,7 +104,7 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
     watcher.join()
     assert killed, "no worker was killed"
     epochs = [r["epoch"] for r in result["history"]]
-    assert epochs == list(range(15))  # nothing skipped, nothing repeated
+    assert epochs == list(range(24))  # nothing skipped, nothing repeated
     assert result["resumed_at_epoch"] is not None and result["resumed_at_epoch"] > 0
     assert clean["resumed_at_epoch"] is None
     assert abs(result["test"]["recall@20"] - clean["test"]["recall@20"]) < 0.01
