@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,8 +262,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if origin in (typing.Union, types.UnionType):
-        return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):
