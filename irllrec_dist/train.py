@@ -4,12 +4,15 @@
 
 The whole loop is in ``train_loop``: per epoch, draw one uniform negative per
 training edge and shuffle; per batch, redraw the edge-dropout mask, propagate
-over the full graph, add up the switched-on loss terms (model/objective.py),
-step Adam, update the EMA teacher. Validate on Recall@monitor_k every
+over the full graph (``train.fanouts: full``) or through neighbour-sampled
+blocks of the batch's nodes (``train.fanouts: 10,10,10``), add up the
+switched-on loss terms (model/objective.py), step Adam, update the EMA teacher. Validate on Recall@monitor_k every
 ``eval_every`` epochs, keep the best checkpoint, stop after ``patience`` checks
 without improvement, then evaluate the best on test. With ``train.workers`` >= 1
 the same loop runs on Ray Train workers (``run_ray``), each taking its slice of
-every global batch under DistributedDataParallel.
+every global batch under DistributedDataParallel; with sampled blocks the
+embedding tables stay out of DDP and ranks exchange only the rows their
+batches touched (sparse_allreduce.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -35,12 +40,15 @@ from tqdm import tqdm
 from irllrec_dist import evaluate, storage
 from irllrec_dist.config import Config, add_config_args, config_from_dict, load_config
 from irllrec_dist.data import dataset as ds
-from irllrec_dist.graph.adjacency import build_adjacency
+from irllrec_dist.graph.adjacency import BipartiteAdjacency, build_adjacency
+from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, build_csr, make_sampler
 from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
 from irllrec_dist.model.dual_tower import TextInputs, build_model
 from irllrec_dist.model.ema import EMATeacher
 from irllrec_dist.model.objective import loss_terms, weighted_sum
+from irllrec_dist.model.views import FullGraphViews, SampledViews
 from irllrec_dist.monitoring import TensorBoardLog
+from irllrec_dist.sparse_allreduce import allreduce_rows, dense_allreduce_bytes
 
 log = logging.getLogger("irllrec_dist.train")
 
@@ -59,21 +67,126 @@ def load_text(cfg: Config, data: ds.Dataset) -> TextInputs | None:
 
 class TrainStep(nn.Module):
     """One step's forward: propagation and every loss term, so that DistributedDataParallel
-    sees the whole computation behind ``loss.backward()`` as one forward call."""
+    sees the whole computation behind ``loss.backward()`` as one forward call.
 
-    def __init__(self, model: nn.Module, adj, text: TextInputs | None, cfg: Config,
+    Full graph (``sampler`` None): propagate over the whole graph with the edge-dropout
+    ``mask``. Sampled: blocks for the batch's users and items, edges dropped per block;
+    the third output is then the global node ids whose embedding rows got gradient."""
+
+    EMBEDDING_TABLES = ("model.user_emb", "model.item_emb")
+
+    def __init__(self, model: nn.Module, adj, sampler, text: TextInputs | None, cfg: Config,
                  teacher: EMATeacher | None):
         super().__init__()
-        self.model, self.adj, self.text, self.loss_cfg = model, adj, text, cfg.loss
+        self.model, self.adj, self.sampler, self.text, self.loss_cfg = model, adj, sampler, text, cfg.loss
+        self.edge_keep = cfg.train.edge_keep
         self.teacher = teacher  # frozen: DDP ignores parameters without requires_grad
 
-    def forward(self, mask, bu, bp, bn, gen):
-        mats = self.adj.matrices(mask)
-        layer_out = self.model.propagate(*mats)
-        teacher_out = self.teacher.propagate(*mats) if self.teacher is not None else None
-        terms = loss_terms(self.model, layer_out, self.adj, bu, bp, bn, self.loss_cfg, self.text,
-                           self.teacher, teacher_out, mask, gen)
-        return weighted_sum(terms, self.loss_cfg), terms
+    def forward(self, mask, bu, bp, bn, gen, sample_gen):
+        if self.sampler is None:
+            mats = self.adj.matrices(mask)
+            views = FullGraphViews(self.model, self.model.propagate(*mats), self.adj, mask)
+            teacher_views = (FullGraphViews(self.teacher.module, self.teacher.propagate(*mats), self.adj, mask)
+                             if self.teacher is not None else None)
+            touched = None
+        else:
+            n_users = self.model.user_emb.shape[0]
+            seeds = torch.unique(torch.cat([bu, bp + n_users, bn + n_users]))
+            blocks = self.sampler.sample(seeds, sample_gen)
+            if self.edge_keep < 1.0:
+                for b in blocks:
+                    b.weight = b.weight * (torch.rand(b.n_edges, generator=sample_gen) < self.edge_keep)
+            views = SampledViews(self.model, blocks, seeds)
+            teacher_views = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_views = SampledViews(self.teacher.module, blocks, seeds)
+            touched = blocks[0].src_ids
+        terms = loss_terms(self.model, views, bu, bp, bn, self.loss_cfg, self.text, teacher_views, gen)
+        return weighted_sum(terms, self.loss_cfg), terms, touched
+
+
+@dataclass
+class TrainingGraph:
+    """What every rank trains on: the dataset, the normalised adjacency (full-graph steps and
+    evaluation) and, with sampled steps, the symmetric CSR the sampler walks."""
+
+    data: ds.Dataset
+    adj: BipartiteAdjacency
+    csr: BipartiteCSR | None
+
+
+def build_graph(cfg: Config) -> TrainingGraph:
+    data = ds.load(cfg.run_root)
+    csr = build_csr(data.train, data.n_users, data.n_items) if cfg.train.fanout_list() else None
+    return TrainingGraph(data, build_adjacency(data.train, data.n_users, data.n_items), csr)
+
+
+def share_graph(graph: TrainingGraph) -> dict:
+    """Tensors as numpy arrays, which the Ray object store hands to every worker of a node
+    zero-copy from one shared-memory object (tensors would be pickled, i.e. copied per worker)."""
+    def arrays(obj):
+        if obj is None:
+            return None
+        values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+        return type(obj), {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+
+    return {"data": graph.data, "adj": arrays(graph.adj), "csr": arrays(graph.csr)}
+
+
+def unshare_graph(shared: dict) -> TrainingGraph:
+    def tensors(packed):
+        if packed is None:
+            return None
+        cls, values = packed
+        with warnings.catch_warnings():  # read-only shared memory: nothing here writes into it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return cls(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in values.items()})
+
+    return TrainingGraph(shared["data"], tensors(shared["adj"]), tensors(shared["csr"]))
+
+
+class StepRunner:
+    """One optimiser step of a ``TrainStep`` on this rank: forward, backward, gradient exchange,
+    Adam, EMA-teacher update. With world > 1 the step runs under DDP; when it is sampled, the
+    embedding tables stay out of DDP and only the rows the ranks' batches touched are
+    exchanged (full-graph steps touch every row, so there DDP reduces the tables too)."""
+
+    def __init__(self, step: TrainStep, lr: float, world: int):
+        self.model, self.teacher, self.world = step.model, step.teacher, world
+        self.tables = [step.model.user_emb, step.model.item_emb]
+        distributed = world > 1
+        self.row_exchange = distributed and step.sampler is not None
+        if self.row_exchange:
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                step, list(TrainStep.EMBEDDING_TABLES))
+        ddp_params = [p for n, p in step.named_parameters()
+                      if p.requires_grad and not (self.row_exchange and n in TrainStep.EMBEDDING_TABLES)]
+        self.step = step
+        if distributed and ddp_params:
+            # Unused parameters happen legitimately (e.g. the intent MLP when only the profile
+            # loss is on), so DDP must look for them.
+            self.step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+        self.ddp_bytes = dense_allreduce_bytes(ddp_params) if distributed else 0
+        self.opt = torch.optim.Adam(step.model.parameters(), lr=lr)
+
+    def __call__(self, mask, bu, bp, bn, gen, sample_gen):
+        """-> (loss, terms, bytes DDP all-reduced, bytes of table rows exchanged) of this rank."""
+        loss, terms, touched = self.step(mask, bu, bp, bn, gen, sample_gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        row_bytes = 0
+        if self.row_exchange:
+            n_users = self.tables[0].shape[0]
+            rows = (touched[touched < n_users], touched[touched >= n_users] - n_users)
+            for table, r in zip(self.tables, rows):
+                if table.grad is None:
+                    table.grad = torch.zeros_like(table)
+                row_bytes += allreduce_rows(table.grad, r, self.world)
+        self.opt.step()
+        if self.teacher is not None:
+            self.teacher.update(self.model)
+        return loss, terms, self.ddp_bytes, row_bytes
 
 
 def _digest(module: nn.Module) -> str:
@@ -83,10 +196,12 @@ def _digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> dict | None:
+def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
+               graph: TrainingGraph | None = None) -> dict | None:
     """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
     initialised) and rank 0 validates, checkpoints and returns the summary. ``checkpoints``
-    (Ray runs) restores the latest resumable state and saves a new one every validation."""
+    (Ray runs) restores the latest resumable state and saves a new one every validation;
+    ``graph`` (Ray runs) is the graph the driver built once, else it is built here."""
     tc = cfg.train
     distributed = world > 1
     torch.set_num_threads(tc.threads or (tc.cpus_per_worker if tc.workers else os.cpu_count()) or 1)
@@ -96,23 +211,21 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> 
     rng = np.random.default_rng(tc.seed)
     t_start = time.time()
 
-    data = ds.load(cfg.run_root)
-    adj = build_adjacency(data.train, data.n_users, data.n_items)
+    graph = graph or build_graph(cfg)
+    data, adj = graph.data, graph.adj
     train_u, train_i = data.train[:, 0], data.train[:, 1]
     train_keys = np.sort(edge_keys(train_u, train_i, data.n_items))
     n_train = len(train_u)
     text = load_text(cfg, data)
     model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None)
     teacher = EMATeacher(model, cfg.loss.ema_momentum) if cfg.loss.itm else None
-    step = TrainStep(model, adj, text, cfg, teacher)
-    if distributed:
-        # Unused parameters happen legitimately (e.g. the intent MLP when only the profile
-        # loss is on), so DDP must look for them.
-        step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+    sampler = make_sampler(graph.csr, cfg.train.fanout_list(), tc.sampler) if graph.csr is not None else None
+    runner = StepRunner(TrainStep(model, adj, sampler, text, cfg, teacher), tc.lr, world)
+    opt = runner.opt
     # Text-loss randomness (noise, hard negatives) has its own stream so that
     # switching those losses on does not change the graph tower's draws.
     gen = torch.Generator().manual_seed(tc.seed + 1 + rank)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    sample_gen = torch.Generator().manual_seed(tc.seed + 1_000_003 + rank)  # neighbour sampling, per rank
     lead = rank == 0
     if lead:
         log.info("train: %d users, %d items, %d edges; %d worker(s), %d threads each", data.n_users,
@@ -129,6 +242,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> 
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["gen_rng"][rank])
+        sample_gen.set_state(state["sample_rng"][rank])
         history, best, bad_checks, first_epoch = state["history"], state["best"], state["bad_checks"], state["epoch"]
         best_state, best_teacher = state["best_state"], state["best_teacher"]
         if lead:
@@ -142,31 +256,34 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> 
         neg = sample_negatives(train_u, train_keys, data.n_items, rng)
         perm = rng.permutation(n_train)
         sums: dict[str, float] = {}
-        n_batches = 0
+        n_batches, comm_bytes, row_bytes = 0, 0, 0
         for start in range(0, n_train, tc.batch_size):
             b = perm[start:start + tc.batch_size][rank::world]
             mask = None
-            if tc.edge_keep < 1.0:
+            if tc.edge_keep < 1.0 and sampler is None:
                 mask = (torch.rand(n_train) < tc.edge_keep).to(torch.float32)
             bu, bp, bn = (torch.from_numpy(x) for x in (train_u[b], train_i[b], neg[b]))
-            loss, terms = step(mask, bu, bp, bn, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if teacher is not None:
-                teacher.update(model)
+            loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, sample_gen)
+            comm_bytes += dense_bytes
+            row_bytes += rows_bytes
             for name, value in [("loss", loss), *terms.items()]:
                 sums[name] = sums.get(name, 0.0) + value.item()
             n_batches += 1
         epoch_s = time.time() - t0
         record = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
-                  "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1)}
+                  "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1),
+                  "allreduce_bytes_per_step": round((comm_bytes + row_bytes) / n_batches),
+                  "table_rows_bytes_per_step": round(row_bytes / n_batches)}
         if tb is not None:
             tb.scalars(epoch, {k: v for k, v in record.items() if k in sums}, "loss/")
             tb.scalars(epoch, {"edges_per_s_per_worker": n_train / world / epoch_s, "epoch_s": epoch_s},
                        "throughput/")
             tb.scalars(epoch, {"peak_rss_mib": peak_rss_mib()}, "memory/")
             tb.scalars(epoch, {"lr": opt.param_groups[0]["lr"]}, "optim/")
+            if distributed:
+                tb.scalars(epoch, {"allreduce_bytes_per_step": record["allreduce_bytes_per_step"],
+                                   "table_rows_bytes_per_step": record["table_rows_bytes_per_step"],
+                                   "dense_tables_bytes_per_step": dense_allreduce_bytes(runner.tables)}, "comm/")
 
         if epoch % tc.eval_every == 0:
             # Every rank ranks a shard of the users and gets the same metrics, so all ranks
@@ -193,14 +310,16 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> 
                          record["edges_per_s"], peak_rss_mib())
         history.append(record)
         if checkpoints is not None and epoch % tc.eval_every == 0:
-            gen_states = [gen.get_state()]
+            gen_states, sample_states = [gen.get_state()], [sample_gen.get_state()]
             if distributed:
-                gen_states = [None] * world
+                gen_states, sample_states = [None] * world, [None] * world
                 dist.all_gather_object(gen_states, gen.get_state())
+                dist.all_gather_object(sample_states, sample_gen.get_state())
             checkpoints.save({
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "gen_rng": gen_states,
+                "sample_rng": sample_states,
                 "history": history, "best": best, "bad_checks": bad_checks,
                 "best_state": best_state, "best_teacher": best_teacher,
             } if lead else None, {"epoch": epoch, **{k: v for k, v in record.items() if k.startswith("val_")}})
@@ -231,6 +350,10 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None) -> 
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "replicas_identical": all(d == all_digests[0] for d in all_digests),
         "resumed_at_epoch": first_epoch if state is not None else None,
+        "fanouts": tc.fanouts,
+        "allreduce_bytes_per_step": history[-1]["allreduce_bytes_per_step"],
+        "table_rows_bytes_per_step": history[-1]["table_rows_bytes_per_step"],
+        "dense_tables_bytes_per_step": dense_allreduce_bytes(runner.tables),
         "val": {k: v for k, v in best.items() if "@" in k},
         "test": {k: v for k, v in test.items() if "@" in k or k == "users"},
         "test_by_degree": test["by_degree"],
@@ -273,10 +396,13 @@ class RayCheckpoints:
 
 
 def _ray_worker(config: dict) -> None:
+    import ray
     import ray.train
 
     ctx = ray.train.get_context()
-    train_loop(config_from_dict(config), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints())
+    graph = unshare_graph(ray.get(config["graph"]))
+    train_loop(config_from_dict(config["config"]), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints(),
+               graph)
 
 
 def run_ray(cfg: Config) -> dict:
@@ -290,8 +416,12 @@ def run_ray(cfg: Config) -> dict:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     tc = cfg.train
+    # Built once here and put in the object store: the workers of a node map one copy.
+    t0 = time.time()
+    graph_ref = ray.put(share_graph(build_graph(cfg)))
+    log.info("training graph built and shared in %.1fs", time.time() - t0)
     trainer = TorchTrainer(
-        _ray_worker, train_loop_config=cfg.to_dict(),
+        _ray_worker, train_loop_config={"config": cfg.to_dict(), "graph": graph_ref},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=False,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),

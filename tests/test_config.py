@@ -19,6 +19,11 @@ def test_presets_and_overrides(tmp_path):
     ("ingest.format=xml", r"ingest.format must be"),
     ("synthetic.intents_per_user=[0,2]", r"synthetic.intents_per_user must satisfy"),
     ("nonsense", r"must look like section.key=value"),
+    ("train.fanouts=10,x", r"train.fanouts must be 'full' or positive ints"),
+    ("train.fanouts=10,10", r"train.fanouts has 2 layers, model.layers is 3"),
+    ("train.fanouts=0,5,5", r"train.fanouts must be 'full' or positive ints"),
+    ("embed.text_source=llm", r"embed.text_source must be auto, raw or intents"),
+    ("intents.actors=-1", r"intents.actors, cpus_per_actor and gpus_per_actor must be >= 0"),
 ])
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):

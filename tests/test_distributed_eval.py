@@ -1,15 +1,15 @@
 """Sharded evaluation over a real gloo process group equals single-process evaluation exactly."""
 
 import os
-import socket
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded
+
+from conftest import free_port, gloo_group
 
 KS = (5, 10, 20)
 
@@ -26,22 +26,15 @@ def _problem():
 
 
 def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, port):
         u, i, test, train = _problem()
         res = evaluate_ranking_sharded(u, i, test, train, KS, 7 * 60, rank, world)
         np.save(os.path.join(out_dir, f"r{rank}.npy"), np.array([res[k] for k in sorted(res)]))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_sharded_equals_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     world = 3
-    mp.spawn(_worker, args=(world, port, str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     u, i, test, train = _problem()
     single = evaluate_ranking(u, i, test, train, KS, 7 * 60)
     expected = np.array([single[k] for k in sorted(single)])

@@ -6,6 +6,7 @@ from irllrec_dist.config import Config
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.model.dual_tower import DualTower, TextInputs, build_model
 from irllrec_dist.model.objective import loss_terms, weighted_sum
+from irllrec_dist.model.views import FullGraphViews
 
 EDGES = np.array([[0, 0], [0, 2], [1, 1], [2, 0], [2, 1], [2, 3], [3, 3]])
 NU, NI = 4, 4
@@ -74,8 +75,8 @@ def test_every_loss_term_is_finite_and_has_gradients():
     adj = build_adjacency(EDGES, NU, NI)
     mats = adj.matrices()
     bu, bp, bn = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 3, 3]), torch.tensor([1, 2, 0, 1])
-    terms = loss_terms(model, model.propagate(*mats), adj, bu, bp, bn, cfg.loss, text, teacher,
-                       teacher.propagate(*mats), None, torch.Generator().manual_seed(0))
+    terms = loss_terms(model, FullGraphViews(model, model.propagate(*mats), adj), bu, bp, bn, cfg.loss, text,
+                       FullGraphViews(teacher.module, teacher.propagate(*mats), adj), torch.Generator().manual_seed(0))
     assert set(terms) == {"bpr", "reg", "prf", "ia", "ta", "itm"}
     loss = weighted_sum(terms, cfg.loss)
     assert torch.isfinite(loss)
@@ -94,6 +95,6 @@ def test_weights_switch_terms_off():
     model = build_model(cfg, NU, NI, text.dim)  # plain LightGCN: no text modules
     assert not hasattr(model, "profile_mlp") and model.n_intents == 0
     adj = build_adjacency(EDGES, NU, NI)
-    terms = loss_terms(model, model.propagate(*adj.matrices()), adj, torch.tensor([0, 1]),
+    terms = loss_terms(model, FullGraphViews(model, model.propagate(*adj.matrices()), adj), torch.tensor([0, 1]),
                        torch.tensor([0, 1]), torch.tensor([3, 3]), cfg.loss, text)
     assert set(terms) == {"bpr", "reg"}

@@ -17,9 +17,6 @@ from irllrec_dist.llm.parser import FAILED
 
 from conftest import make_config
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
@@ -30,35 +27,6 @@ def small_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("root_small")
     ingest.run(make_config(root, raw))
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A random 1-layer Llama (head_dim 64) with a small byte-level BPE tokenizer and a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny_llama")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [P.load_template("items").user, P.load_template("users").user] + [
-        " ".join(ways) for _, ways in synthetic.INTENTS]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token="<|im_start|>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out))
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
-                      initializer_range=0.2, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                      bos_token_id=fast.bos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(out))
-    return str(out)
 
 
 def _ic(**kw) -> intents.IntentsConfig:
@@ -203,6 +171,31 @@ def test_stage_cli_runs_tiny_llama_for_real(small_root, tiny_llama, tmp_path, ca
             assert r["intents"] == parsed.intents
     # a second run finds everything committed and loads no model
     intents.run(*intents.load_configs(None, args), backend=ExplodingBackend())
+
+
+def test_ray_actors_give_what_one_process_gives(small_root, tiny_llama, tmp_path):
+    """intents.actors=2: two Ray actors, one backend each, generate whole chunks that the driver
+    commits; the output is row for row what the in-process run writes (decoding is seeded per chunk)."""
+    import shutil
+
+    import ray
+
+    args = [f"intents.model={tiny_llama}", "intents.max_new_tokens=8", "intents.batch_size=8",
+            "intents.chunk_size=8", "intents.max_retries=1", "intents.user_max_items=3",
+            "intents.user_item_chars=60", "intents.max_text_chars=200", "intents.threads=1"]
+    roots = {}
+    for mode in ("process", "actors"):
+        roots[mode] = tmp_path / mode
+        shutil.copytree(small_root, roots[mode])
+    intents.run(*intents.load_configs(None, [f"run_root={roots['process']}", *args]))
+    ray.init(num_cpus=2, address="local", include_dashboard=False)
+    try:
+        intents.run(*intents.load_configs(None, [f"run_root={roots['actors']}", *args, "intents.actors=2"]))
+    finally:
+        ray.shutdown()
+    for side in ("items", "users"):
+        one, two = (intents.read_intents(str(roots[m]), side).sort_by("id").to_pylist() for m in roots)
+        assert len(one) > 8 and one == two  # several chunks, identical rows
 
 
 def test_retries_fallback_kill_and_resume(small_root, tmp_path):

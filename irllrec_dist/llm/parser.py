@@ -491,3 +491,17 @@ def parse_output(text: str | None, max_intents: int = 8, max_profile_chars: int 
     if missing:
         return ParseResult(FAILED, profile, intents, missing + reasons)
     return ParseResult(REPAIRED if reasons else OK, profile, intents, reasons)
+
+
+JSON_PREFIX = '{"profile": "'  # what a prefilled re-ask puts after the model's own reasoning
+
+
+def reasoning_of(text: str, max_chars: int) -> str:
+    """The reasoning part of an answer: the text before its first '{', clipped at a sentence end."""
+    head = text.split("{", 1)[0].replace("```json", "").replace("```", "")
+    head, _ = _dedupe_sentences(" ".join(head.split()))  # small models loop; keep one copy
+    if len(head) <= max_chars:
+        return head
+    cut = head[:max_chars]
+    end = max(cut.rfind(". "), cut.rfind(".\n"))
+    return cut[:end + 1] if end > max_chars // 3 else cut

@@ -94,25 +94,33 @@ class DualTower(nn.Module):
 
     def intent_view(self, layer_out, adj: BipartiteAdjacency, side: str, nodes: torch.Tensor,
                     edge_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Interaction intents r_v of ``nodes`` (intent-aware aggregation, mean over layers)."""
+        """Interaction intents r_v of ``nodes`` over their full-graph neighbourhoods."""
         row, nbr, vidx = adj.neighbors(side, nodes)
-        w_self, w_nbr = ((self.user_protos, self.item_protos) if side == "user"
-                         else (self.item_protos, self.user_protos))
         s_idx, n_idx = (0, 1) if side == "user" else (1, 0)
         edge_w = None if edge_mask is None else edge_mask[vidx]
+        return self.aggregate_intents(side, [layer[s_idx][nodes] for layer in layer_out[:-1]],
+                                      [layer[n_idx] for layer in layer_out[:-1]], nbr, row, edge_w)
+
+    def aggregate_intents(self, side: str, self_layers: list[torch.Tensor], nbr_tables: list[torch.Tensor],
+                          nbr: torch.Tensor, row: torch.Tensor, edge_w: torch.Tensor | None = None) -> torch.Tensor:
+        """Intent-aware aggregation, mean over layers. ``self_layers[l]``: layer-l rows of the n
+        nodes; edge k joins node ``row[k]`` to row ``nbr[k]`` of ``nbr_tables[l]``."""
+        w_self, w_nbr = ((self.user_protos, self.item_protos) if side == "user"
+                         else (self.item_protos, self.user_protos))
+        n = len(self_layers[0])
         # Intent views are computed once per distinct neighbour, not once per edge.
         uniq, inv = torch.unique(nbr, return_inverse=True)
         outs = []
-        for layer in layer_out[:-1]:
-            xs, xu = layer[s_idx][nodes], layer[n_idx][uniq]
+        for xs, table in zip(self_layers, nbr_tables, strict=True):
+            xu = table[uniq]
             xn = xu[inv]
             is_ = F.normalize(F.softmax(xs @ w_self, dim=1) @ w_self.T, dim=1)
             in_ = F.normalize(F.softmax(xu @ w_nbr, dim=1) @ w_nbr.T, dim=1)
             alpha = ((is_[row] * in_[inv]).sum(1) + 1) / 2
             if edge_w is not None:
                 alpha = alpha * edge_w
-            denom = torch.zeros(len(nodes)).index_add(0, row, alpha).clamp_min(1e-12)
-            outs.append(torch.zeros(len(nodes), xs.shape[1]).index_add(0, row, (alpha / denom[row])[:, None] * xn))
+            denom = torch.zeros(n).index_add(0, row, alpha).clamp_min(1e-12)
+            outs.append(torch.zeros(n, xs.shape[1]).index_add(0, row, (alpha / denom[row])[:, None] * xn))
         return torch.stack(outs).mean(0)
 
     def text_views(self, text: TextInputs, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

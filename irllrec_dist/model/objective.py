@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from irllrec_dist.config import LossConfig
-from irllrec_dist.graph.adjacency import BipartiteAdjacency
 from irllrec_dist.model.dual_tower import DualTower, TextInputs
-from irllrec_dist.model.ema import EMATeacher
 from irllrec_dist.model.losses import (bpr_loss, info_nce, l2_reg, matching_loss, soft_target_nce,
                                        translation_alignment)
 
@@ -21,12 +19,12 @@ def _cos_logits(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
 
 
-def loss_terms(model: DualTower, layer_out, adj: BipartiteAdjacency, bu: torch.Tensor, bp: torch.Tensor,
-               bn: torch.Tensor, lc: LossConfig, text: TextInputs | None = None,
-               teacher: EMATeacher | None = None, teacher_out=None, edge_mask: torch.Tensor | None = None,
+def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: torch.Tensor,
+               lc: LossConfig, text: TextInputs | None = None, teacher_views=None,
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    h_u, h_i = model.final(layer_out)
-    terms = {"bpr": bpr_loss(h_u[bu], h_i[bp], h_i[bn])}
+    """``views`` / ``teacher_views`` give h_v and r_v of the student / EMA teacher
+    (model/views.py: full-graph or sampled-block propagation)."""
+    terms = {"bpr": bpr_loss(views.h("user", bu), views.h("item", bp), views.h("item", bn))}
     if lc.reg:
         if lc.reg_scope == "full":
             terms["reg"] = l2_reg(model.user_emb, model.item_emb)
@@ -35,7 +33,7 @@ def loss_terms(model: DualTower, layer_out, adj: BipartiteAdjacency, bu: torch.T
     if text is None or not (lc.prf or lc.ia or lc.ta or lc.itm):
         return terms
 
-    for side, batch_nodes, h in (("user", bu, h_u), ("item", bp, h_i)):
+    for side, batch_nodes in (("user", bu), ("item", bp)):
         nodes = torch.unique(batch_nodes)
         nodes = nodes[text.side(side)[2][nodes]]  # only nodes that have text
         if len(nodes) > lc.max_align_nodes:  # bounds the n x n in-batch logits
@@ -44,10 +42,10 @@ def loss_terms(model: DualTower, layer_out, adj: BipartiteAdjacency, bu: torch.T
             continue
         t, z = model.text_views(text, side, nodes)
         if lc.prf:
-            terms["prf"] = terms.get("prf", 0) + info_nce(h[nodes], t, lc.tau)
+            terms["prf"] = terms.get("prf", 0) + info_nce(views.h(side, nodes), t, lc.tau)
         if not (lc.ia or lc.ta or lc.itm):
             continue
-        r = model.intent_view(layer_out, adj, side, nodes, edge_mask)
+        r = views.intent(side, nodes)
         if lc.ia:
             terms["ia"] = terms.get("ia", 0) + info_nce(r, z, lc.tau)
         if lc.ta:
@@ -56,8 +54,8 @@ def loss_terms(model: DualTower, layer_out, adj: BipartiteAdjacency, bu: torch.T
             keep = torch.randperm(len(nodes), generator=generator)[:lc.itm_max_nodes]
             sub, r_s, z_s = nodes[keep], r[keep], z[keep]
             with torch.no_grad():
-                r_t = teacher.module.intent_view(teacher_out, adj, side, sub, edge_mask)
-                _, z_t = teacher.module.text_views(text, side, sub)
+                r_t = teacher_views.intent(side, sub)
+                _, z_t = teacher_views.model.text_views(text, side, sub)
                 sim_t = _cos_logits(r_t, z_t, lc.tau)
             sim = _cos_logits(r_s, z_s, lc.tau)
             itc = (soft_target_nce(sim, sim_t, lc.itm_alpha) + soft_target_nce(sim.T, sim_t.T, lc.itm_alpha)) / 2

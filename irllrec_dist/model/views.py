@@ -1,0 +1,90 @@
+"""What the loss terms read from the interaction tower, for a full-graph or a sampled step.
+
+The objective needs two things per node: the final representation h_v and the
+interaction intent r_v. ``FullGraphViews`` takes them from a full-graph
+propagation; ``SampledViews`` from the DGL-style blocks of a neighbour-sampled
+minibatch (graph/neighbor_sampler.py), so the same ``loss_terms`` serves both
+and only the rows a batch touches carry gradient in the sampled case.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from irllrec_dist.graph.adjacency import BipartiteAdjacency
+from irllrec_dist.graph.neighbor_sampler import Block
+from irllrec_dist.model.dual_tower import DualTower
+
+
+class FullGraphViews:
+    def __init__(self, model: DualTower, layer_out, adj: BipartiteAdjacency, edge_mask: torch.Tensor | None = None):
+        self.model, self.layer_out, self.adj, self.edge_mask = model, layer_out, adj, edge_mask
+        self.h_u, self.h_i = model.final(layer_out)
+
+    def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        return (self.h_u if side == "user" else self.h_i)[nodes]
+
+    def intent(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        return self.model.intent_view(self.layer_out, self.adj, side, nodes, self.edge_mask)
+
+
+def gather_inputs(model: DualTower, src_ids: torch.Tensor) -> torch.Tensor:
+    """Layer-0 rows of ``src_ids`` (users as u, items as n_users + i) from the two tables;
+    differentiable, and the tables' gradient is non-zero only on these rows."""
+    n_users = model.user_emb.shape[0]
+    is_user = src_ids < n_users
+    pos_u, pos_i = is_user.nonzero().squeeze(1), (~is_user).nonzero().squeeze(1)
+    x = torch.zeros(len(src_ids), model.user_emb.shape[1], dtype=model.user_emb.dtype)
+    x = x.index_copy(0, pos_u, model.user_emb.index_select(0, src_ids.index_select(0, pos_u)))
+    return x.index_copy(0, pos_i, model.item_emb.index_select(0, src_ids.index_select(0, pos_i) - n_users))
+
+
+def block_layers(blocks: list[Block], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """LightGCN through ``blocks`` with the deg/n_sampled rescaling (an unbiased estimate of the
+    full-graph layer; exact with full fanouts). Returns (h of the seeds = sum of layers 0..L,
+    [layer l at the last block's src nodes for l < L]) — the latter is what the intent view needs:
+    the seeds and their sampled neighbours at every layer below the top."""
+    n_seed, n_near = blocks[-1].n_dst, blocks[-1].n_src
+    h, out, near = x, x[:n_seed], [x[:n_near]]
+    for depth, b in enumerate(blocks):
+        msg = h.index_select(0, b.edge_src) * b.weight.unsqueeze(1)
+        h = torch.zeros((b.n_dst, h.shape[1]), dtype=h.dtype).index_add(0, b.edge_dst, msg)
+        h = h * b.dst_scale.unsqueeze(1)
+        out = out + h[:n_seed]
+        if depth < len(blocks) - 1:
+            near.append(h[:n_near])
+    return out, near
+
+
+class SampledViews:
+    """Views of the seeds of one sampled minibatch. ``seeds`` are global node ids (sorted, unique);
+    a (side, node) is looked up by binary search, so callers pass ids of that side."""
+
+    def __init__(self, model: DualTower, blocks: list[Block], seeds: torch.Tensor):
+        self.model, self.blocks, self.seeds = model, blocks, seeds
+        self.n_users = model.user_emb.shape[0]
+        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids))
+
+    def _pos(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        gid = nodes if side == "user" else nodes + self.n_users
+        pos = torch.searchsorted(self.seeds, gid)
+        if not bool((self.seeds[pos.clamp(max=len(self.seeds) - 1)] == gid).all()):
+            raise ValueError(f"{side} nodes outside the sampled batch's seeds")
+        return pos
+
+    def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        return self.h_seeds[self._pos(side, nodes)]
+
+    def intent(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        """r_v over the node's *sampled* neighbours (the last block's edges), with the
+        last block's edge dropout; equal to the full-graph view with full fanouts."""
+        pos = self._pos(side, nodes)
+        last = self.blocks[-1]
+        want = torch.full((last.n_dst,), -1, dtype=torch.int64)
+        want[pos] = torch.arange(len(pos))
+        row = want.index_select(0, last.edge_dst)
+        keep = row >= 0
+        row, nbr = row[keep], last.edge_src[keep]
+        edge_w = (last.weight[keep] > 0).to(self.near[0].dtype)  # dropped edges have weight 0
+        self_layers = [layer.index_select(0, pos) for layer in self.near]
+        return self.model.aggregate_intents(side, self_layers, self.near, nbr, row, edge_w)

@@ -1,0 +1,28 @@
+"""The benchmarks run end to end on a tiny graph and save what they print (no timing asserted)."""
+
+import json
+
+from irllrec_dist import bench
+
+
+def test_bench_train_one_and_two_workers(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    bench.main(["train", "--sizes", "tiny", "--workers", "1,2", "--steps", "2", "--warmup", "1",
+                "--graph-cache", str(tmp_path / "graphs"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "edges/s/worker" in printed and "all-reduced B/step" in printed
+    report = json.loads(out.read_text())
+    one, two = report["results"]
+    assert (one["workers"], two["workers"]) == (1, 2) and one["n_edges"] == two["n_edges"] > 10_000
+    assert one["allreduce_bytes_per_step"] == 0  # a single worker exchanges nothing
+    assert two["table_rows_bytes_per_step"] > 0 and two["dense_tables_bytes_per_step"] > 0
+    assert all(r["edges_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in two["ranks"])
+
+
+def test_bench_sampler_saves_json(tmp_path, capsys):
+    out = tmp_path / "sampler.json"
+    bench.main(["sampler", "--size", "tiny", "--batches", "3", "--warmup", "1", "--max-seconds", "5",
+                "--graph-cache", str(tmp_path / "graphs"), "--out", str(out), "--no-progress"])
+    assert "batches/s" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["results"][0]["backend"].startswith("torch") and report["results"][0]["batches_per_s"] > 0
