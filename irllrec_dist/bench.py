@@ -161,7 +161,7 @@ def load_graph(args) -> tuple[object, dict]:
     info = {"n_users": csr.n_users, "n_items": csr.n_items, "n_edges": csr.n_edges,
             "mean_user_degree": csr.n_edges / max(csr.n_users, 1),
             "max_item_degree": int(csr.degrees()[csr.n_users:].max()), "source": source,
-            "load_s": time.perf_counter() - t0}
+            "load_s": time.perf_counter() - t0, "cache_path": str(cache) if cache is not None else None}
     return csr, info
 
 
@@ -394,7 +394,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--graph-seed", type=int, default=0)
-    p.add_argument("--graph-cache", default="bench_out/graphs", help="folder caching generated graphs as .npz")
+    p.add_argument("--graph-cache", default="bench_out/graphs",
+                   help="folder caching generated graphs as .npz (needed: the workers load from it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=3600.0, help="per configuration")
     p.add_argument("--out", default="bench_out/train.json")
@@ -472,13 +473,14 @@ def _free_port() -> int:
 def run_train(args) -> dict:
     import torch.multiprocessing as mp
 
+    if not args.graph_cache:
+        raise SystemExit("bench train: --graph-cache must name a folder (the workers load the graph from it)")
     rows = []
     for size in args.sizes.split(","):
         graph_args = argparse.Namespace(size=size, n_users=None, n_items=None, mean_degree=None,
                                         graph_seed=args.graph_seed, graph_cache=args.graph_cache)
         csr, info = load_graph(graph_args)
-        n_users, n_items, mean_degree = SIZES[size]
-        path = pathlib.Path(args.graph_cache) / f"synthetic_u{n_users}_i{n_items}_d{mean_degree:g}_s{args.graph_seed}.npz"
+        path = info["cache_path"]  # the workers load the graph from the cache file
         del csr
         print(f"graph {size}: {info['n_users']} users, {info['n_items']} items, {info['n_edges']:,} edges "
               f"({info['source']}, {info['load_s']:.1f} s)", flush=True)

@@ -83,3 +83,19 @@ def gloo_group(rank: int, world: int, port: int):
         yield
     finally:
         dist.destroy_process_group()
+
+
+def random_ranking_problem(nu: int, ni: int, test_density: float):
+    """Random user/item vectors (d=8), a 10%-dense binary train matrix and a test matrix
+    disjoint from it (float32 CSR): (u, i, test, train)."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    u, i = torch.randn(nu, 8, generator=g), torch.randn(ni, 8, generator=g)
+    train = sp.random(nu, ni, density=0.1, format="csr", random_state=1)
+    train.data[:] = 1
+    test = sp.random(nu, ni, density=test_density, format="csr", random_state=2)
+    test = sp.csr_matrix((test - train.multiply(1e9)) > 0, dtype=np.float32)
+    return u, i, test, train

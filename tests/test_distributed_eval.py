@@ -3,26 +3,17 @@
 import os
 
 import numpy as np
-import scipy.sparse as sp
-import torch
 import torch.multiprocessing as mp
 
 from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded
 
-from conftest import free_port, gloo_group
+from conftest import free_port, gloo_group, random_ranking_problem
 
 KS = (5, 10, 20)
 
 
 def _problem():
-    g = torch.Generator().manual_seed(0)
-    nu, ni = 97, 60
-    u, i = torch.randn(nu, 8, generator=g), torch.randn(ni, 8, generator=g)
-    train = sp.random(nu, ni, density=0.1, format="csr", random_state=1)
-    train.data[:] = 1
-    test = sp.random(nu, ni, density=0.06, format="csr", random_state=2)
-    test = sp.csr_matrix((test - train.multiply(1e9)) > 0, dtype=np.float32)
-    return u, i, test, train
+    return random_ranking_problem(97, 60, 0.06)
 
 
 def _worker(rank, world, port, out_dir):

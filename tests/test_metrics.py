@@ -6,6 +6,8 @@ import torch
 
 from irllrec_dist.metrics import evaluate_ranking, hit_matrix, recall_ndcg, top_k
 
+from conftest import random_ranking_problem
+
 
 def test_recall_ndcg_hand_computed():
     # user 0: truth {a, b}, hits at ranks 1 and 3; user 1: truth of 5 items, one hit at rank 2.
@@ -52,13 +54,8 @@ def test_evaluate_hand_computed_and_batch_invariant():
 
 
 def test_evaluate_large_random_matches_bruteforce():
-    g = torch.Generator().manual_seed(0)
     nu, ni = 50, 80
-    u, i = torch.randn(nu, 8, generator=g), torch.randn(ni, 8, generator=g)
-    train = sp.random(nu, ni, density=0.1, format="csr", random_state=1)
-    train.data[:] = 1
-    test = (sp.random(nu, ni, density=0.05, format="csr", random_state=2) - train.multiply(1e9)) > 0
-    test = sp.csr_matrix(test, dtype=np.float32)
+    u, i, test, train = random_ranking_problem(nu, ni, 0.05)
     res = evaluate_ranking(u, i, test, train, (10,), max_scores=ni * 7)
     scores = (u @ i.T).numpy()
     scores[train.toarray() > 0] = -np.inf

@@ -282,18 +282,26 @@ def propagate_blocks(blocks: Sequence[Block], x: torch.Tensor, unbiased: bool = 
     propagation exactly. ``unbiased`` rescales each dst row by
     deg/n_sampled. Differentiable w.r.t. ``x``.
     """
+    return block_layers(blocks, x, unbiased)[0]
+
+
+def block_layers(blocks: Sequence[Block], x: torch.Tensor,
+                 unbiased: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``propagate_blocks`` that also returns, for every layer l < L, layer l at the last block's
+    src nodes (the seeds and their sampled neighbours), which the intent view needs."""
     if x.shape[0] != blocks[0].n_src:
         raise ValueError(f"x has {x.shape[0]} rows, blocks[0] has {blocks[0].n_src} src nodes")
-    n_seed = blocks[-1].n_dst
-    h = x
-    out = x[:n_seed]
-    for b in blocks:
+    n_seed, n_near = blocks[-1].n_dst, blocks[-1].n_src
+    h, out, near = x, x[:n_seed], [x[:n_near]]
+    for depth, b in enumerate(blocks):
         msg = h.index_select(0, b.edge_src) * b.weight.to(h.dtype).unsqueeze(1)
         h = torch.zeros((b.n_dst, h.shape[1]), dtype=h.dtype, device=h.device).index_add(0, b.edge_dst, msg)
         if unbiased:
             h = h * b.dst_scale.to(h.dtype).unsqueeze(1)
         out = out + h[:n_seed]
-    return out
+        if depth < len(blocks) - 1:
+            near.append(h[:n_near])
+    return out, near
 
 
 def make_sampler(graph: BipartiteCSR, fanouts: Sequence[int], backend: str = "torch",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from irllrec_dist.graph.adjacency import BipartiteAdjacency
-from irllrec_dist.graph.neighbor_sampler import Block
+from irllrec_dist.graph.neighbor_sampler import Block, block_layers
 from irllrec_dist.model.dual_tower import DualTower
 
 
@@ -39,23 +39,6 @@ def gather_inputs(model: DualTower, src_ids: torch.Tensor) -> torch.Tensor:
     return x.index_copy(0, pos_i, model.item_emb.index_select(0, src_ids.index_select(0, pos_i) - n_users))
 
 
-def block_layers(blocks: list[Block], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """LightGCN through ``blocks`` with the deg/n_sampled rescaling (an unbiased estimate of the
-    full-graph layer; exact with full fanouts). Returns (h of the seeds = sum of layers 0..L,
-    [layer l at the last block's src nodes for l < L]) — the latter is what the intent view needs:
-    the seeds and their sampled neighbours at every layer below the top."""
-    n_seed, n_near = blocks[-1].n_dst, blocks[-1].n_src
-    h, out, near = x, x[:n_seed], [x[:n_near]]
-    for depth, b in enumerate(blocks):
-        msg = h.index_select(0, b.edge_src) * b.weight.unsqueeze(1)
-        h = torch.zeros((b.n_dst, h.shape[1]), dtype=h.dtype).index_add(0, b.edge_dst, msg)
-        h = h * b.dst_scale.unsqueeze(1)
-        out = out + h[:n_seed]
-        if depth < len(blocks) - 1:
-            near.append(h[:n_near])
-    return out, near
-
-
 class SampledViews:
     """Views of the seeds of one sampled minibatch. ``seeds`` are global node ids (sorted, unique);
     a (side, node) is looked up by binary search, so callers pass ids of that side."""
@@ -63,7 +46,8 @@ class SampledViews:
     def __init__(self, model: DualTower, blocks: list[Block], seeds: torch.Tensor):
         self.model, self.blocks, self.seeds = model, blocks, seeds
         self.n_users = model.user_emb.shape[0]
-        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids))
+        # deg/n_sampled rescaling: an unbiased estimate of each full-graph layer (exact with full fanouts)
+        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids), unbiased=True)
 
     def _pos(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         gid = nodes if side == "user" else nodes + self.n_users
