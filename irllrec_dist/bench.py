@@ -389,6 +389,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default="1,2", help="comma list of worker counts (gloo process groups)")
     p.add_argument("--fanouts", default="10,10,10", help='per-layer fanouts, or "full" for full-graph steps')
     p.add_argument("--batch-size", type=int, default=4096, help="training edges per global step")
+    p.add_argument("--tables", default="dense,sparse",
+                   help="comma list: dense (Adam on whole tables, full-table L2: the reference recipe) and/or "
+                        "sparse (train.sparse_tables: row-sparse gradients, lazy Adam, batch L2; sampled only)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dim", type=int, default=32)
@@ -426,6 +429,8 @@ def _train_worker(rank: int, world: int, port: int, graph_path: str, opts: dict,
         cfg = Config()
         cfg.model.dim, cfg.train.fanouts = opts["dim"], opts["fanouts"]
         cfg.model.layers = len(cfg.train.fanout_list() or [0] * cfg.model.layers)
+        if opts["tables"] == "sparse":
+            cfg.train.sparse_tables, cfg.loss.reg_scope = True, "batch"
         cfg.validate()
         torch.manual_seed(opts["seed"])
         model = build_model(cfg, csr.n_users, csr.n_items, None)
@@ -435,7 +440,6 @@ def _train_worker(rank: int, world: int, port: int, graph_path: str, opts: dict,
         runner = StepRunner(TrainStep(model, adj, sampler, None, cfg, None), cfg.train.lr, world)
         rng = np.random.default_rng(opts["seed"])  # same on every rank: each takes its slice
         gen = torch.Generator().manual_seed(opts["seed"] + 1 + rank)
-        sample_gen = torch.Generator().manual_seed(opts["seed"] + 2 + rank)
         edges = dense = rows = 0
         for s in range(opts["warmup"] + opts["steps"]):
             if s == opts["warmup"]:
@@ -448,7 +452,7 @@ def _train_worker(rank: int, world: int, port: int, graph_path: str, opts: dict,
             if fanouts is None and cfg.train.edge_keep < 1:
                 mask = (torch.rand(n_edges) < cfg.train.edge_keep).to(torch.float32)
             _, _, d, r = runner(mask, torch.from_numpy(users[pick]), torch.from_numpy(items[pick]),
-                                torch.from_numpy(neg), gen, sample_gen)
+                                torch.from_numpy(neg), gen, (opts["seed"], s))
             edges, dense, rows = edges + len(pick), dense + d, rows + r
         elapsed = time.perf_counter() - t0
         steps = opts["steps"]
@@ -475,6 +479,12 @@ def run_train(args) -> dict:
 
     if not args.graph_cache:
         raise SystemExit("bench train: --graph-cache must name a folder (the workers load the graph from it)")
+    tables = args.tables.split(",")
+    if not tables or any(t not in ("dense", "sparse") for t in tables):
+        raise SystemExit(f"bench train: --tables takes dense and/or sparse, got {args.tables!r}")
+    if args.fanouts == "full" and "sparse" in tables:
+        print("bench train: sparse tables need sampled steps; --fanouts full runs dense tables only", flush=True)
+        tables = [t for t in tables if t != "sparse"]
     rows = []
     for size in args.sizes.split(","):
         graph_args = argparse.Namespace(size=size, n_users=None, n_items=None, mean_degree=None,
@@ -484,8 +494,9 @@ def run_train(args) -> dict:
         del csr
         print(f"graph {size}: {info['n_users']} users, {info['n_items']} items, {info['n_edges']:,} edges "
               f"({info['source']}, {info['load_s']:.1f} s)", flush=True)
-        for world in (int(w) for w in args.workers.split(",")):
+        for world, table_kind in ((int(w), t) for w in args.workers.split(",") for t in tables):
             opts = {k: getattr(args, k) for k in ("fanouts", "batch_size", "steps", "warmup", "dim", "threads", "seed")}
+            opts["tables"] = table_kind
             with tempfile.TemporaryDirectory() as out_dir:
                 t0 = time.perf_counter()
                 ctx = mp.spawn(_train_worker, args=(world, _free_port(), str(path), opts, out_dir), nprocs=world,
@@ -497,6 +508,7 @@ def run_train(args) -> dict:
                         raise TimeoutError(f"bench train: {size} x {world} workers ran past {args.timeout} s")
                 ranks = [json.loads(pathlib.Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
             row = {"graph": size, "n_edges": info["n_edges"], "workers": world, "fanouts": args.fanouts,
+                   "tables": table_kind,
                    "edges_per_s_per_worker": sum(r["edges_per_s"] for r in ranks) / world,
                    "edges_per_s_total": sum(r["edges_per_s"] for r in ranks),
                    "step_s": max(r["step_s"] for r in ranks),
@@ -507,11 +519,15 @@ def run_train(args) -> dict:
             row["allreduced_over_dense_tables"] = (row["allreduce_bytes_per_step"] / row["dense_tables_bytes_per_step"]
                                                    if row["dense_tables_bytes_per_step"] else None)
             rows.append(row)
-            print(f"  {world} worker(s): {row['edges_per_s_per_worker']:,.0f} edges/s per worker, "
+            print(f"  {world} worker(s), {table_kind} tables: {row['edges_per_s_per_worker']:,.0f} edges/s per worker, "
                   f"{row['allreduce_bytes_per_step'] / 2**20:.2f} MiB all-reduced/step, "
                   f"peak {row['peak_rss_mib_per_worker']:,.0f} MiB/worker", flush=True)
-    cols = [("graph", "graph", "s"), ("n_edges", "edges", ",d"), ("workers", "workers", "d"),
-            ("edges_per_s_per_worker", "edges/s/worker", ",.0f"), ("edges_per_s_total", "edges/s total", ",.0f"),
+    for row in rows:  # the baseline of the same run: dense tables, same graph and workers
+        base = next((b for b in rows if b["graph"] == row["graph"] and b["workers"] == row["workers"]
+                     and b["tables"] == "dense"), None)
+        row["speed_vs_dense_tables"] = row["edges_per_s_per_worker"] / base["edges_per_s_per_worker"] if base else None
+    cols = [("graph", "graph", "s"), ("n_edges", "edges", ",d"), ("workers", "workers", "d"), ("tables", "tables", "s"),
+            ("edges_per_s_per_worker", "edges/s/worker", ",.0f"), ("speed_vs_dense_tables", "vs dense", ".2f"), ("edges_per_s_total", "edges/s total", ",.0f"),
             ("allreduce_bytes_per_step", "all-reduced B/step", ",.0f"),
             ("dense_tables_bytes_per_step", "dense tables B/step", ",.0f"),
             ("allreduced_over_dense_tables", "vs dense tables", ".2f"), ("peak_rss_mib_per_worker", "peak MiB/worker", ",.0f")]
@@ -520,6 +536,7 @@ def run_train(args) -> dict:
           f"{args.threads} thread(s) per worker, {args.steps} timed steps")
     print(_fmt_table(rows, cols))
     return _save_report({"benchmark": "train", "fanouts": args.fanouts, "batch_size": args.batch_size,
+                         "tables": tables,
                          "dim": args.dim, "threads": args.threads, "steps": args.steps, "results": rows}, args.out)
 
 

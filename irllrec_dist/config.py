@@ -205,6 +205,9 @@ class TrainConfig:
     run_name: str = "lightgcn"
     workers: int = 0  # 0: train in this process; >= 1: Ray Train workers (local Ray unless RAY_ADDRESS)
     cpus_per_worker: int = 1
+    # 1: each worker (or, with workers: 0, this process) trains on one CUDA device, ranks talk
+    # NCCL; 0: CPU and gloo. The same code runs both: only tensors' devices change.
+    gpus_per_worker: int = 0
     ray_storage: str = ""  # Ray Train's storage for resumable checkpoints ('' = Ray's default)
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
     # "full": propagate over the whole graph every step; "10,10,10": neighbour-sampled blocks
@@ -212,6 +215,10 @@ class TrainConfig:
     # costs what its batch touches and only those embedding rows are exchanged between ranks.
     fanouts: str = "full"
     sampler: str = "torch"  # torch | dgl | auto (DGL when `import dgl` works)
+    # Sampled steps only: the embedding tables get row-sparse gradients and a lazy row-wise Adam
+    # (torch.optim.SparseAdam: only the rows a step touched move), so a step costs what its batch
+    # touches instead of a pass over every row. Needs loss.reg_scope: batch.
+    sparse_tables: bool = False
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
@@ -221,6 +228,7 @@ class TrainConfig:
         _check(self.workers >= 0 and self.cpus_per_worker >= 1, "train.workers must be >= 0, cpus_per_worker >= 1")
         _check(self.workers <= 1 or self.batch_size >= self.workers, "train.batch_size must be >= train.workers")
         _check(self.sampler in ("torch", "dgl", "auto"), "train.sampler must be torch, dgl or auto")
+        _check(self.gpus_per_worker in (0, 1), "train.gpus_per_worker must be 0 or 1 (one device per DDP rank)")
         _check(self.fanouts == "full" or bool(re.fullmatch(r"\d+(,\d+)*", self.fanouts.replace(" ", "")))
                and all(int(f) > 0 for f in self.fanouts.split(",")),
                f"train.fanouts must be 'full' or positive ints like '10,10,10', got {self.fanouts!r}")
@@ -267,6 +275,9 @@ class Config:
         fanouts = self.train.fanout_list()
         _check(fanouts is None or len(fanouts) == self.model.layers,
                f"train.fanouts has {len(fanouts or [])} layers, model.layers is {self.model.layers}")
+        _check(not self.train.sparse_tables or (fanouts is not None and self.loss.reg_scope == "batch"),
+               "train.sparse_tables needs sampled steps (train.fanouts like 10,10,10) and loss.reg_scope: batch "
+               "(a full-table L2 gives every row a gradient every step)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

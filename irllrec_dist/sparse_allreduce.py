@@ -20,12 +20,13 @@ import torch.distributed as dist
 def union_of_rows(rows: torch.Tensor, world: int) -> tuple[torch.Tensor, int]:
     """Sorted union of every rank's ``rows`` and the bytes this rank sent to learn it."""
     rows = torch.unique(rows)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(rows)], dtype=torch.int64))
+    dev = rows.device  # gloo takes CPU tensors, NCCL CUDA ones: stay on the gradient's device
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(rows)], dtype=torch.int64, device=dev))
     width = int(max(s.item() for s in sizes))
-    padded = torch.full((width,), -1, dtype=torch.int64)
+    padded = torch.full((width,), -1, dtype=torch.int64, device=dev)
     padded[:len(rows)] = rows
-    gathered = [torch.empty(width, dtype=torch.int64) for _ in range(world)]
+    gathered = [torch.empty(width, dtype=torch.int64, device=dev) for _ in range(world)]
     dist.all_gather(gathered, padded)
     union = torch.unique(torch.cat(gathered))
     return union[union >= 0], 8 + 8 * width
@@ -45,6 +46,22 @@ def allreduce_rows(grad: torch.Tensor, rows: torch.Tensor | None, world: int) ->
     dist.all_reduce(buf)
     grad.index_copy_(0, union, buf.div_(world))
     return index_bytes + len(union) * row_bytes
+
+
+def allreduce_sparse_rows(grad: torch.Tensor, world: int) -> tuple[torch.Tensor, int]:
+    """The mean over ranks of a row-sparse COO gradient (``F.embedding(..., sparse=True)``), as a
+    coalesced sparse tensor over the union of every rank's rows; collective. Returns it and the
+    payload bytes this rank all-gathered and all-reduced (counted as in ``allreduce_rows``)."""
+    g = grad.coalesce()
+    rows, values = g.indices()[0], g.values()
+    union, index_bytes = union_of_rows(rows, world)
+    buf = torch.zeros((len(union), *values.shape[1:]), dtype=values.dtype, device=values.device)
+    buf.index_copy_(0, torch.searchsorted(union, rows), values)
+    dist.all_reduce(buf)
+    buf.div_(world)
+    mean = torch.sparse_coo_tensor(union.unsqueeze(0), buf, grad.shape, is_coalesced=True,
+                                   check_invariants=False)  # union is sorted and unique by construction
+    return mean, index_bytes + buf.numel() * buf.element_size()
 
 
 def dense_allreduce_bytes(params) -> int:

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -41,14 +41,14 @@ from irllrec_dist import evaluate, storage
 from irllrec_dist.config import Config, add_config_args, config_from_dict, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import BipartiteAdjacency, build_adjacency
-from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, build_csr, make_sampler
+from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, build_csr, drop_edges, make_sampler
 from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
 from irllrec_dist.model.dual_tower import TextInputs, build_model
 from irllrec_dist.model.ema import EMATeacher
 from irllrec_dist.model.objective import loss_terms, weighted_sum
 from irllrec_dist.model.views import FullGraphViews, SampledViews
 from irllrec_dist.monitoring import TensorBoardLog
-from irllrec_dist.sparse_allreduce import allreduce_rows, dense_allreduce_bytes
+from irllrec_dist.sparse_allreduce import allreduce_rows, allreduce_sparse_rows, dense_allreduce_bytes
 
 log = logging.getLogger("irllrec_dist.train")
 
@@ -70,8 +70,10 @@ class TrainStep(nn.Module):
     sees the whole computation behind ``loss.backward()`` as one forward call.
 
     Full graph (``sampler`` None): propagate over the whole graph with the edge-dropout
-    ``mask``. Sampled: blocks for the batch's users and items, edges dropped per block;
-    the third output is then the global node ids whose embedding rows got gradient."""
+    ``mask``. Sampled: blocks for the batch's users and items, edges dropped per block, both
+    drawn from counter-based uniforms of ``sample_key`` = (seed, global step), so that a node's
+    sample is the same on whichever rank draws it; the third output is then the global node
+    ids whose embedding rows got gradient."""
 
     EMBEDDING_TABLES = ("model.user_emb", "model.item_emb")
 
@@ -80,9 +82,10 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model, self.adj, self.sampler, self.text, self.loss_cfg = model, adj, sampler, text, cfg.loss
         self.edge_keep = cfg.train.edge_keep
+        self.sparse_tables = cfg.train.sparse_tables and sampler is not None
         self.teacher = teacher  # frozen: DDP ignores parameters without requires_grad
 
-    def forward(self, mask, bu, bp, bn, gen, sample_gen):
+    def forward(self, mask, bu, bp, bn, gen, sample_key):
         if self.sampler is None:
             mats = self.adj.matrices(mask)
             views = FullGraphViews(self.model, self.model.propagate(*mats), self.adj, mask)
@@ -91,12 +94,13 @@ class TrainStep(nn.Module):
             touched = None
         else:
             n_users = self.model.user_emb.shape[0]
-            seeds = torch.unique(torch.cat([bu, bp + n_users, bn + n_users]))
-            blocks = self.sampler.sample(seeds, sample_gen)
+            seeds = torch.unique(torch.cat([bu, bp + n_users, bn + n_users])).cpu()  # the sampler walks a CPU CSR
+            blocks = self.sampler.sample(seeds, key=sample_key)
             if self.edge_keep < 1.0:
-                for b in blocks:
-                    b.weight = b.weight * (torch.rand(b.n_edges, generator=sample_gen) < self.edge_keep)
-            views = SampledViews(self.model, blocks, seeds)
+                drop_edges(blocks, self.edge_keep, sample_key)
+            device = self.model.user_emb.device
+            blocks, seeds = [to_device(b, device) for b in blocks], seeds.to(device)
+            views = SampledViews(self.model, blocks, seeds, self.sparse_tables)
             teacher_views = None
             if self.teacher is not None:
                 with torch.no_grad():
@@ -104,6 +108,14 @@ class TrainStep(nn.Module):
             touched = blocks[0].src_ids
         terms = loss_terms(self.model, views, bu, bp, bn, self.loss_cfg, self.text, teacher_views, gen)
         return weighted_sum(terms, self.loss_cfg), terms, touched
+
+
+def to_device(obj, device):
+    """A copy of a dataclass of tensors (adjacency, block, text inputs) with its tensors on ``device``."""
+    if obj is None:
+        return None
+    return replace(obj, **{f.name: getattr(obj, f.name).to(device) for f in fields(obj)
+                           if isinstance(getattr(obj, f.name), torch.Tensor)})
 
 
 @dataclass
@@ -150,10 +162,13 @@ class StepRunner:
     """One optimiser step of a ``TrainStep`` on this rank: forward, backward, gradient exchange,
     Adam, EMA-teacher update. With world > 1 the step runs under DDP; when it is sampled, the
     embedding tables stay out of DDP and only the rows the ranks' batches touched are
-    exchanged (full-graph steps touch every row, so there DDP reduces the tables too)."""
+    exchanged (full-graph steps touch every row, so there DDP reduces the tables too). With
+    ``train.sparse_tables`` the tables' gradients are row-sparse and SparseAdam moves only
+    those rows; the other parameters keep Adam."""
 
     def __init__(self, step: TrainStep, lr: float, world: int):
         self.model, self.teacher, self.world = step.model, step.teacher, world
+        device = step.model.user_emb.device
         self.tables = [step.model.user_emb, step.model.item_emb]
         distributed = world > 1
         self.row_exchange = distributed and step.sampler is not None
@@ -166,24 +181,53 @@ class StepRunner:
         if distributed and ddp_params:
             # Unused parameters happen legitimately (e.g. the intent MLP when only the profile
             # loss is on), so DDP must look for them.
-            self.step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+            self.step = nn.parallel.DistributedDataParallel(
+                step, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
         self.ddp_bytes = dense_allreduce_bytes(ddp_params) if distributed else 0
-        self.opt = torch.optim.Adam(step.model.parameters(), lr=lr)
+        self.sparse_tables = step.sparse_tables
+        if self.sparse_tables:
+            others = [p for p in step.model.parameters() if all(p is not t for t in self.tables)]
+            self.optimizers = [torch.optim.SparseAdam(self.tables, lr=lr)]
+            if others:
+                self.optimizers.insert(0, torch.optim.Adam(others, lr=lr))
+        else:
+            self.optimizers = [torch.optim.Adam(step.model.parameters(), lr=lr)]
 
-    def __call__(self, mask, bu, bp, bn, gen, sample_gen):
+    def optimizer_state(self) -> list[dict]:
+        return [o.state_dict() for o in self.optimizers]
+
+    def load_optimizer_state(self, states: list[dict] | dict) -> None:
+        if isinstance(states, dict):  # checkpoints written before optimizers became a list
+            states = [states]
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"checkpoint holds {len(states)} optimizer state(s), this run has "
+                             f"{len(self.optimizers)} (train.sparse_tables changed since it was written?)")
+        for o, s in zip(self.optimizers, states):
+            o.load_state_dict(s)
+
+    def __call__(self, mask, bu, bp, bn, gen, sample_key):
         """-> (loss, terms, bytes DDP all-reduced, bytes of table rows exchanged) of this rank."""
-        loss, terms, touched = self.step(mask, bu, bp, bn, gen, sample_gen)
-        self.opt.zero_grad(set_to_none=True)
+        loss, terms, touched = self.step(mask, bu, bp, bn, gen, sample_key)
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
         loss.backward()
         row_bytes = 0
-        if self.row_exchange:
+        if self.row_exchange and self.sparse_tables:
+            for table in self.tables:
+                grad = table.grad if table.grad is not None else torch.sparse_coo_tensor(
+                    torch.zeros((1, 0), dtype=torch.int64, device=table.device),
+                    torch.zeros((0, table.shape[1]), dtype=table.dtype, device=table.device), table.shape)
+                table.grad, sent = allreduce_sparse_rows(grad, self.world)
+                row_bytes += sent
+        elif self.row_exchange:
             n_users = self.tables[0].shape[0]
             rows = (touched[touched < n_users], touched[touched >= n_users] - n_users)
             for table, r in zip(self.tables, rows):
                 if table.grad is None:
                     table.grad = torch.zeros_like(table)
                 row_bytes += allreduce_rows(table.grad, r, self.world)
-        self.opt.step()
+        for o in self.optimizers:
+            o.step()
         if self.teacher is not None:
             self.teacher.update(self.model)
         return loss, terms, self.ddp_bytes, row_bytes
@@ -192,17 +236,22 @@ class StepRunner:
 def _digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for t in module.state_dict().values():
-        h.update(t.detach().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
 def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
-               graph: TrainingGraph | None = None) -> dict | None:
+               graph: TrainingGraph | None = None, device: torch.device | None = None) -> dict | None:
     """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
     initialised) and rank 0 validates, checkpoints and returns the summary. ``checkpoints``
     (Ray runs) restores the latest resumable state and saves a new one every validation;
-    ``graph`` (Ray runs) is the graph the driver built once, else it is built here."""
+    ``graph`` (Ray runs) is the graph the driver built once, else it is built here; ``device``
+    (Ray runs) is the worker's, else CUDA when train.gpus_per_worker is 1."""
     tc = cfg.train
+    if device is None:
+        if tc.gpus_per_worker and not torch.cuda.is_available():
+            raise RuntimeError("train.gpus_per_worker=1 but torch sees no CUDA device here")
+        device = torch.device("cuda" if tc.gpus_per_worker else "cpu")
     distributed = world > 1
     torch.set_num_threads(tc.threads or (tc.cpus_per_worker if tc.workers else os.cpu_count()) or 1)
     torch.manual_seed(tc.seed)
@@ -216,16 +265,18 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
     train_u, train_i = data.train[:, 0], data.train[:, 1]
     train_keys = np.sort(edge_keys(train_u, train_i, data.n_items))
     n_train = len(train_u)
-    text = load_text(cfg, data)
-    model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None)
+    if n_train < world:
+        raise ValueError(f"{n_train} training edges cannot be split across {world} workers")
+    text = to_device(load_text(cfg, data), device)
+    adj = to_device(adj, device)  # the sampler's CSR stays on the CPU
+    model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None).to(device)
     teacher = EMATeacher(model, cfg.loss.ema_momentum) if cfg.loss.itm else None
     sampler = make_sampler(graph.csr, cfg.train.fanout_list(), tc.sampler) if graph.csr is not None else None
     runner = StepRunner(TrainStep(model, adj, sampler, text, cfg, teacher), tc.lr, world)
-    opt = runner.opt
     # Text-loss randomness (noise, hard negatives) has its own stream so that
     # switching those losses on does not change the graph tower's draws.
     gen = torch.Generator().manual_seed(tc.seed + 1 + rank)
-    sample_gen = torch.Generator().manual_seed(tc.seed + 1_000_003 + rank)  # neighbour sampling, per rank
+    batches_per_epoch = -(-n_train // tc.batch_size)
     lead = rank == 0
     if lead:
         log.info("train: %d users, %d items, %d edges; %d worker(s), %d threads each", data.n_users,
@@ -236,13 +287,12 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
     state = checkpoints.load() if checkpoints is not None else None
     if state is not None:  # resume exactly where the last checkpoint left off
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        runner.load_optimizer_state(state["optimizer"])
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["gen_rng"][rank])
-        sample_gen.set_state(state["sample_rng"][rank])
         history, best, bad_checks, first_epoch = state["history"], state["best"], state["bad_checks"], state["epoch"]
         best_state, best_teacher = state["best_state"], state["best_teacher"]
         if lead:
@@ -257,13 +307,16 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         perm = rng.permutation(n_train)
         sums: dict[str, float] = {}
         n_batches, comm_bytes, row_bytes = 0, 0, 0
-        for start in range(0, n_train, tc.batch_size):
+        for batch, start in enumerate(range(0, n_train, tc.batch_size)):
+            if n_train - start < world:
+                break  # a last batch with fewer edges than ranks would leave a rank none (its mean is NaN)
             b = perm[start:start + tc.batch_size][rank::world]
             mask = None
             if tc.edge_keep < 1.0 and sampler is None:
-                mask = (torch.rand(n_train) < tc.edge_keep).to(torch.float32)
-            bu, bp, bn = (torch.from_numpy(x) for x in (train_u[b], train_i[b], neg[b]))
-            loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, sample_gen)
+                mask = (torch.rand(n_train) < tc.edge_keep).to(torch.float32).to(device)
+            bu, bp, bn = (torch.from_numpy(x).to(device) for x in (train_u[b], train_i[b], neg[b]))
+            sample_key = (tc.seed, epoch * batches_per_epoch + batch)
+            loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, sample_key)
             comm_bytes += dense_bytes
             row_bytes += rows_bytes
             for name, value in [("loss", loss), *terms.items()]:
@@ -279,7 +332,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             tb.scalars(epoch, {"edges_per_s_per_worker": n_train / world / epoch_s, "epoch_s": epoch_s},
                        "throughput/")
             tb.scalars(epoch, {"peak_rss_mib": peak_rss_mib()}, "memory/")
-            tb.scalars(epoch, {"lr": opt.param_groups[0]["lr"]}, "optim/")
+            tb.scalars(epoch, {"lr": runner.optimizers[0].param_groups[0]["lr"]}, "optim/")
             if distributed:
                 tb.scalars(epoch, {"allreduce_bytes_per_step": record["allreduce_bytes_per_step"],
                                    "table_rows_bytes_per_step": record["table_rows_bytes_per_step"],
@@ -291,7 +344,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             model.eval()
             with torch.no_grad():
                 user_all, item_all = model(*adj.matrices())
-            val = evaluate.split_metrics(cfg, data, user_all, item_all, "val", rank=rank, world=world)
+            val = evaluate.split_metrics(cfg, data, user_all.cpu(), item_all.cpu(), "val", rank=rank, world=world)
             record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
             if best is None or val[monitor] > best[monitor]:
                 best, bad_checks = dict(val, epoch=epoch), 0
@@ -310,16 +363,14 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                          record["edges_per_s"], peak_rss_mib())
         history.append(record)
         if checkpoints is not None and epoch % tc.eval_every == 0:
-            gen_states, sample_states = [gen.get_state()], [sample_gen.get_state()]
+            gen_states = [gen.get_state()]
             if distributed:
-                gen_states, sample_states = [None] * world, [None] * world
+                gen_states = [None] * world
                 dist.all_gather_object(gen_states, gen.get_state())
-                dist.all_gather_object(sample_states, sample_gen.get_state())
             checkpoints.save({
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": runner.optimizer_state(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "gen_rng": gen_states,
-                "sample_rng": sample_states,
                 "history": history, "best": best, "bad_checks": bad_checks,
                 "best_state": best_state, "best_teacher": best_teacher,
             } if lead else None, {"epoch": epoch, **{k: v for k, v in record.items() if k.startswith("val_")}})
@@ -399,10 +450,12 @@ def _ray_worker(config: dict) -> None:
     import ray
     import ray.train
 
+    from ray.train.torch import get_device
+
     ctx = ray.train.get_context()
     graph = unshare_graph(ray.get(config["graph"]))
     train_loop(config_from_dict(config["config"]), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints(),
-               graph)
+               graph, get_device())
 
 
 def run_ray(cfg: Config) -> dict:
@@ -422,9 +475,10 @@ def run_ray(cfg: Config) -> dict:
     log.info("training graph built and shared in %.1fs", time.time() - t0)
     trainer = TorchTrainer(
         _ray_worker, train_loop_config={"config": cfg.to_dict(), "graph": graph_ref},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=False,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if tc.gpus_per_worker else "gloo"),
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=bool(tc.gpus_per_worker),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker,
+                                                           **({"GPU": tc.gpus_per_worker} if tc.gpus_per_worker else {})}),
         run_config=RunConfig(name=f"irllrec-{tc.run_name}-{int(time.time())}",
                              storage_path=tc.ray_storage or None,
                              failure_config=FailureConfig(max_failures=tc.max_failures),

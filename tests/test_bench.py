@@ -10,13 +10,17 @@ def test_bench_train_one_and_two_workers(tmp_path, capsys):
     bench.main(["train", "--sizes", "tiny", "--workers", "1,2", "--steps", "2", "--warmup", "1",
                 "--graph-cache", str(tmp_path / "graphs"), "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "edges/s/worker" in printed and "all-reduced B/step" in printed
+    assert "edges/s/worker" in printed and "all-reduced B/step" in printed and "vs dense" in printed
     report = json.loads(out.read_text())
-    one, two = report["results"]
-    assert (one["workers"], two["workers"]) == (1, 2) and one["n_edges"] == two["n_edges"] > 10_000
-    assert one["allreduce_bytes_per_step"] == 0  # a single worker exchanges nothing
-    assert two["table_rows_bytes_per_step"] > 0 and two["dense_tables_bytes_per_step"] > 0
-    assert all(r["edges_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in two["ranks"])
+    rows = {(r["workers"], r["tables"]): r for r in report["results"]}
+    assert set(rows) == {(1, "dense"), (1, "sparse"), (2, "dense"), (2, "sparse")}
+    assert len({r["n_edges"] for r in rows.values()}) == 1 and rows[1, "dense"]["n_edges"] > 10_000
+    assert rows[1, "dense"]["allreduce_bytes_per_step"] == 0  # a single worker exchanges nothing
+    assert rows[1, "dense"]["speed_vs_dense_tables"] == 1.0 and rows[2, "sparse"]["speed_vs_dense_tables"] > 0
+    for kind in ("dense", "sparse"):
+        two = rows[2, kind]
+        assert two["table_rows_bytes_per_step"] > 0 and two["dense_tables_bytes_per_step"] > 0
+        assert all(r["edges_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in two["ranks"])
 
 
 def test_bench_sampler_saves_json(tmp_path, capsys):

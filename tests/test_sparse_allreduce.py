@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from irllrec_dist.sparse_allreduce import allreduce_rows, dense_allreduce_bytes
+from irllrec_dist.sparse_allreduce import allreduce_rows, allreduce_sparse_rows, dense_allreduce_bytes
 
 from conftest import free_port, gloo_group
 
@@ -48,6 +48,33 @@ def test_touched_rows_equal_dense_allreduce(tmp_path):
     for r in range(world):
         assert np.load(tmp_path / f"b{r}.npy")[0] == 8 + 8 * widest + len(union) * D * 4
     assert len(union) < N  # the exchange really was partial
+
+
+def _sparse_worker(rank, world, port, out_dir):
+    with gloo_group(rank, world, port):
+        g = torch.Generator().manual_seed(200 + rank)
+        rows = torch.randint(0, N, (9 + 4 * rank,), generator=g)  # duplicates: an uncoalesced gradient
+        grad = torch.sparse_coo_tensor(rows.unsqueeze(0), torch.randn(len(rows), D, generator=g), (N, D))
+        dense = grad.to_dense()
+        dist.all_reduce(dense)
+        dense /= world
+        mean, sent = allreduce_sparse_rows(grad, world)
+        np.save(os.path.join(out_dir, f"s{rank}.npy"), np.stack([mean.to_dense().numpy(), dense.numpy()]))
+        np.save(os.path.join(out_dir, f"i{rank}.npy"), mean.indices()[0].numpy())
+        np.save(os.path.join(out_dir, f"b{rank}.npy"), np.array([sent]))
+
+
+def test_sparse_gradients_average_over_the_union_of_rows(tmp_path):
+    world = 2
+    mp.spawn(_sparse_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    rows = [torch.unique(torch.randint(0, N, (9 + 4 * r,), generator=torch.Generator().manual_seed(200 + r)))
+            for r in range(world)]
+    union = torch.unique(torch.cat(rows)).numpy()
+    for r in range(world):
+        got, dense = np.load(tmp_path / f"s{r}.npy")
+        np.testing.assert_allclose(got, dense, rtol=0, atol=1e-6)  # a coalesced sum per rank, then the mean
+        assert np.array_equal(np.load(tmp_path / f"i{r}.npy"), union)  # rows of either rank, once
+        assert np.load(tmp_path / f"b{r}.npy")[0] == 8 + 8 * max(len(x) for x in rows) + len(union) * D * 4
 
 
 def test_dense_bytes_count_trainable_parameters_only():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from irllrec_dist.data.arrays import sorted_unique
 from irllrec_dist.data.readers import SPLITS, InputError, RawDataset, RawText
 
 EDGE_SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64())])
@@ -49,7 +50,7 @@ class _IdMap:
             self.identity = True
         else:
             norm = [self._norm(a) for a in arrays]
-            self.uniques = np.unique(np.concatenate(norm)) if norm else np.array([], dtype=np.int64)
+            self.uniques = sorted_unique(np.concatenate(norm)) if norm else np.array([], dtype=np.int64)
             self.identity = False
 
     def _norm(self, a: np.ndarray) -> np.ndarray:
@@ -156,18 +157,18 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
     train_items[edges["train"][1]] = True
     for split in ("val", "test"):
         u, i = edges[split]
-        cold_u = np.unique(u[~train_users[u]])
-        cold_i = np.unique(i[~train_items[i]])
+        cold_u = sorted_unique(u[~train_users[u]])
+        cold_i = sorted_unique(i[~train_items[i]])
         report["splits"][split].update({
-            "users": int(len(np.unique(u))),
+            "users": int(len(sorted_unique(u))),
             "users_without_train": int(cold_u.size),
             "users_without_train_sample": [str(umap.uniques[x]) for x in cold_u[:5]],
             "items_without_train": int(cold_i.size),
             "items_without_train_sample": [str(imap.uniques[x]) for x in cold_i[:5]],
         })
     report["n_users"], report["n_items"] = n_users, n_items
-    report["users_without_any_edge"] = int(n_users - len(np.unique(np.concatenate([edges[s][0] for s in SPLITS]))))
-    report["items_without_any_edge"] = int(n_items - len(np.unique(np.concatenate([edges[s][1] for s in SPLITS]))))
+    report["users_without_any_edge"] = int(n_users - len(sorted_unique(np.concatenate([edges[s][0] for s in SPLITS]))))
+    report["items_without_any_edge"] = int(n_items - len(sorted_unique(np.concatenate([edges[s][1] for s in SPLITS]))))
     report["users_without_train"] = int((~train_users).sum())
     report["items_without_train"] = int((~train_items).sum())
 

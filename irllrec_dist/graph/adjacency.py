@@ -44,9 +44,9 @@ class BipartiteAdjacency:
         row k of the output belongs to nodes[row[k]]; value index points into ``values``."""
         crow, col = (self.crow, self.col) if side == "user" else (self.t_crow, self.t_col)
         start, lens = crow[nodes], crow[nodes + 1] - crow[nodes]
-        row = torch.repeat_interleave(torch.arange(len(nodes)), lens)
+        row = torch.repeat_interleave(torch.arange(len(nodes), device=crow.device), lens)
         offsets = torch.cumsum(lens, 0) - lens
-        pos = start[row] + torch.arange(int(lens.sum())) - offsets[row]
+        pos = start[row] + torch.arange(int(lens.sum()), device=crow.device) - offsets[row]
         vidx = pos if side == "user" else self.to_t[pos]
         return row, col[pos], vidx
 

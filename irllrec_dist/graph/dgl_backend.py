@@ -9,8 +9,10 @@ DGL (e.g. one built with ``--make-dgl-env``).
 
 Differences from the pure-torch sampler: DGL draws from its own global RNG, so
 a ``torch.Generator`` passed to ``sample`` only reseeds DGL (``dgl.seed``,
-process-wide) from one draw of that generator; results are reproducible for a
-fixed thread count but not identical to the torch backend's. Edge weights and
+process-wide) from one draw of that generator, and a counter ``key`` reseeds it from
+the key; results are reproducible for a fixed thread count but not identical to
+the torch backend's, and with a key a node's sample still depends on the rest of
+the batch (so ranks do not reproduce one process's blocks as they do with torch). Edge weights and
 ``dst_scale`` are computed exactly as in the torch backend, from full-graph
 degrees.
 """
@@ -21,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from irllrec_dist.graph import hash_rng
 from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, Block, inverse_sqrt_degree, make_block
 
 
@@ -52,12 +55,14 @@ class DGLNeighborSampler:
         self.g.create_formats_()
         self._sampler = dgl.dataloading.NeighborSampler(self.fanouts)  # same fanout order as ours
 
-    def sample(self, seeds, generator: torch.Generator | None = None) -> list[Block]:
+    def sample(self, seeds, generator: torch.Generator | None = None, key=None) -> list[Block]:
         dgl = self._dgl
         seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
         if torch.unique(seeds).numel() != seeds.numel():
             raise ValueError("seeds must be unique")
-        if generator is not None:
+        if key is not None:
+            dgl.seed(int(hash_rng.uniform(*(key if isinstance(key, (tuple, list)) else (key,))) * (2**31 - 1)))
+        elif generator is not None:
             dgl.seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         _, _, dgl_blocks = self._sampler.sample(self.g, seeds)
         out = []

@@ -23,8 +23,11 @@ used to build ``blocks[l]``: sampling starts from the seeds with
 
 Sampling is uniform without replacement per dst node; a node whose degree is at
 most the fanout keeps all its neighbours; fanout ``-1`` takes every neighbour.
-Everything is driven by one optional ``torch.Generator``, so the same
-generator state gives the same blocks.
+The draws come either from one optional ``torch.Generator`` (the same state
+gives the same blocks) or, with ``key=(seed, step)``, from counter-based
+uniforms of (key, hop, node) (graph/hash_rng.py): then a node's sample at a hop
+is the same whatever else is in the batch, so ranks sampling disjoint parts of
+a batch build exactly the blocks one process builds for the whole batch.
 
 Edge weights
 ------------
@@ -47,7 +50,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from irllrec_dist.data.arrays import sorted_unique
+from irllrec_dist.graph import hash_rng
+
 _UNSET = torch.iinfo(torch.int64).max
+# hash_rng stream ids: neighbour choice and edge dropout draw independent numbers from one key
+SAMPLE_STREAM, DROP_STREAM = 1, 2
 
 
 @dataclass
@@ -93,7 +101,7 @@ def build_csr(edges: np.ndarray, n_users: int, n_items: int) -> BipartiteCSR:
     i = edges[:, 1].astype(np.int64, copy=False)
     if len(u) and (u.min() < 0 or u.max() >= n_users or i.min() < 0 or i.max() >= n_items):
         raise ValueError("edge ids out of range [0, n_users) x [0, n_items)")
-    keys = np.unique(u * n_items + i)  # sorted by (user, item), deduplicated
+    keys = sorted_unique(u * n_items + i)  # sorted by (user, item), deduplicated
     u, i = keys // n_items, keys % n_items
     del keys
     n = n_users + n_items
@@ -153,17 +161,21 @@ def make_block(src_ids: torch.Tensor, n_dst: int, edge_src: torch.Tensor, edge_d
     return Block(src_ids, n_dst, edge_src, edge_dst, weight, dst_scale)
 
 
-def _sample_positions(deg: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
+def _sample_positions(deg: torch.Tensor, k: int, gen: torch.Generator | None,
+                      uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """(m, k) distinct positions in [0, deg[r]) per row r, uniform over k-subsets (all deg > k).
 
     Robert Floyd's algorithm vectorised over rows: step s draws t in [0, deg-k+s];
     if t was already chosen the row takes deg-k+s instead. k steps, no rejection.
+    ``uniforms`` ((m, k) float64 in [0, 1)) replaces the draws from ``gen``.
     """
     m = deg.numel()
     out = torch.empty((m, k), dtype=torch.int64)
     j = deg - k  # upper bound (inclusive) of step s is j + s
     bound = torch.arange(1, k + 1, dtype=torch.float64) + j.to(torch.float64).unsqueeze(1)
-    draws = (torch.rand((m, k), generator=gen, dtype=torch.float64) * bound).to(torch.int64)
+    if uniforms is None:
+        uniforms = torch.rand((m, k), generator=gen, dtype=torch.float64)
+    draws = (uniforms * bound).to(torch.int64)
     for s in range(k):
         t = draws[:, s].minimum(j + s)
         if s:
@@ -193,7 +205,8 @@ class NeighborSampler:
         self._scratch = torch.full((graph.n_nodes,), _UNSET, dtype=torch.int64)
 
     # -- one hop ---------------------------------------------------------------------------
-    def _sample_neighbors(self, dst: torch.Tensor, fanout: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_neighbors(self, dst: torch.Tensor, fanout: int, gen, key=None,
+                          hop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(edge_dst local row, neighbour global id) for a hop from ``dst``.
 
         (index_select rather than ``t[idx]`` throughout: several times faster on CPU.)"""
@@ -212,7 +225,11 @@ class NeighborSampler:
             return row_a, indices.index_select(0, pos_a)
         # nodes sampling `fanout` of their neighbours
         rows_s = (~take_all).nonzero().squeeze(1)
-        pos = _sample_positions(deg.index_select(0, rows_s), fanout, gen)
+        uniforms = None
+        if key is not None:
+            nodes = dst.index_select(0, rows_s).unsqueeze(1)
+            uniforms = hash_rng.uniform(*key, SAMPLE_STREAM, hop, nodes, torch.arange(fanout).unsqueeze(0))
+        pos = _sample_positions(deg.index_select(0, rows_s), fanout, gen, uniforms)
         row_s = rows_s.unsqueeze(1).expand(-1, fanout).reshape(-1)
         pos_s = (start.index_select(0, rows_s).unsqueeze(1) + pos).reshape(-1)
         return torch.cat([row_a, row_s]), indices.index_select(0, torch.cat([pos_a, pos_s]))
@@ -236,8 +253,10 @@ class NeighborSampler:
         return src_ids, local
 
     # -- public ----------------------------------------------------------------------------
-    def sample(self, seeds, generator: torch.Generator | None = None) -> list[Block]:
-        """Blocks for ``seeds`` (global node ids, unique; items as n_users + item)."""
+    def sample(self, seeds, generator: torch.Generator | None = None, key=None) -> list[Block]:
+        """Blocks for ``seeds`` (global node ids, unique; items as n_users + item).
+
+        ``key`` (a tuple of ints, e.g. (seed, step)): counter-based draws instead of ``generator``."""
         seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1)
         if seeds.numel() and (int(seeds.min()) < 0 or int(seeds.max()) >= self.graph.n_nodes):
             raise ValueError("seed ids out of range [0, n_users + n_items)")
@@ -245,13 +264,31 @@ class NeighborSampler:
             raise ValueError("seeds must be unique")
         blocks: list[Block] = []
         dst = seeds
-        for fanout in reversed(self.fanouts):
-            row, nbr = self._sample_neighbors(dst, fanout, generator)
+        key = _key_tuple(key)
+        for hop, fanout in enumerate(reversed(self.fanouts)):
+            row, nbr = self._sample_neighbors(dst, fanout, generator, key, hop)
             src_ids, local = self._relabel(dst, nbr)
             blocks.insert(0, make_block(src_ids, int(dst.numel()), local, row, self.deg, self._inv_sqrt_deg,
                                         src_global=nbr, dst_global=dst.index_select(0, row)))
             dst = src_ids
         return blocks
+
+
+def _key_tuple(key) -> tuple[int, ...] | None:
+    if key is None:
+        return None
+    return tuple(int(k) for k in (key if isinstance(key, (tuple, list)) else (key,)))
+
+
+def drop_edges(blocks: Sequence[Block], keep: float, key) -> None:
+    """Edge dropout in place: zero the weight of each block edge unless
+    uniform(key, hop, dst, src) < ``keep`` (global ids), so that, like the sample itself, whether
+    an edge survives does not depend on the rest of the batch."""
+    key = _key_tuple(key)
+    for hop, b in enumerate(reversed(blocks)):
+        src = b.src_ids.index_select(0, b.edge_src)
+        dst = b.src_ids.index_select(0, b.edge_dst)
+        b.weight = b.weight * (hash_rng.uniform(*key, DROP_STREAM, hop, dst, src) < keep).to(b.weight.dtype)
 
 
 def full_fanouts(layers: int) -> list[int]:

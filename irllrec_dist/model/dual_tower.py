@@ -119,8 +119,8 @@ class DualTower(nn.Module):
             alpha = ((is_[row] * in_[inv]).sum(1) + 1) / 2
             if edge_w is not None:
                 alpha = alpha * edge_w
-            denom = torch.zeros(n).index_add(0, row, alpha).clamp_min(1e-12)
-            outs.append(torch.zeros(n, xs.shape[1]).index_add(0, row, (alpha / denom[row])[:, None] * xn))
+            denom = torch.zeros(n, device=xs.device).index_add(0, row, alpha).clamp_min(1e-12)
+            outs.append(torch.zeros(n, xs.shape[1], device=xs.device).index_add(0, row, (alpha / denom[row])[:, None] * xn))
         return torch.stack(outs).mean(0)
 
     def text_views(self, text: TextInputs, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
 
 def perturb(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """x + x * eps, eps ~ N(0, sigma^2): a multiplicative shift of every coordinate."""
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) * sigma
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * sigma  # CPU generator
     return x + x * eps
 
 
@@ -50,8 +50,8 @@ def hard_negative_indices(sim: torch.Tensor, generator: torch.Generator | None =
     """For each row k, one column j != k drawn with probability softmax(sim[k]) over j != k."""
     weights = F.softmax(sim.detach().float(), dim=1).clone()
     weights.fill_diagonal_(0.0)
-    weights = weights + (weights.sum(1, keepdim=True) == 0).float() * (1 - torch.eye(len(sim)))
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    weights = weights + (weights.sum(1, keepdim=True) == 0).float() * (1 - torch.eye(len(sim), device=sim.device))
+    return torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(sim.device)  # CPU generator
 
 
 def matching_loss(head, r: torch.Tensor, z: torch.Tensor, sim: torch.Tensor,

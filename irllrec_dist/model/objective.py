@@ -29,7 +29,7 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
         if lc.reg_scope == "full":
             terms["reg"] = l2_reg(model.user_emb, model.item_emb)
         else:
-            terms["reg"] = l2_reg(model.user_emb[bu], model.item_emb[bp], model.item_emb[bn]) / len(bu)
+            terms["reg"] = l2_reg(views.ego("user", bu), views.ego("item", bp), views.ego("item", bn)) / len(bu)
     if text is None or not (lc.prf or lc.ia or lc.ta or lc.itm):
         return terms
 
@@ -37,7 +37,7 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
         nodes = torch.unique(batch_nodes)
         nodes = nodes[text.side(side)[2][nodes]]  # only nodes that have text
         if len(nodes) > lc.max_align_nodes:  # bounds the n x n in-batch logits
-            nodes = nodes[torch.randperm(len(nodes), generator=generator)[:lc.max_align_nodes]]
+            nodes = nodes[torch.randperm(len(nodes), generator=generator)[:lc.max_align_nodes].to(nodes.device)]
         if len(nodes) < 2:
             continue
         t, z = model.text_views(text, side, nodes)
@@ -51,7 +51,7 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
         if lc.ta:
             terms["ta"] = terms.get("ta", 0) + translation_alignment(r, z, lc.tau, lc.ta_noise, generator)
         if lc.itm:
-            keep = torch.randperm(len(nodes), generator=generator)[:lc.itm_max_nodes]
+            keep = torch.randperm(len(nodes), generator=generator)[:lc.itm_max_nodes].to(nodes.device)
             sub, r_s, z_s = nodes[keep], r[keep], z[keep]
             with torch.no_grad():
                 r_t = teacher_views.intent(side, sub)

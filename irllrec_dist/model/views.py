@@ -10,6 +10,7 @@ and only the rows a batch touches carry gradient in the sampled case.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from irllrec_dist.graph.adjacency import BipartiteAdjacency
 from irllrec_dist.graph.neighbor_sampler import Block, block_layers
@@ -24,30 +25,40 @@ class FullGraphViews:
     def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         return (self.h_u if side == "user" else self.h_i)[nodes]
 
+    def ego(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        """Layer-0 (ID embedding) rows, what the batch-scoped L2 penalises."""
+        return (self.model.user_emb if side == "user" else self.model.item_emb)[nodes]
+
     def intent(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         return self.model.intent_view(self.layer_out, self.adj, side, nodes, self.edge_mask)
 
 
-def gather_inputs(model: DualTower, src_ids: torch.Tensor) -> torch.Tensor:
+def gather_inputs(model: DualTower, src_ids: torch.Tensor, sparse: bool = False) -> torch.Tensor:
     """Layer-0 rows of ``src_ids`` (users as u, items as n_users + i) from the two tables;
-    differentiable, and the tables' gradient is non-zero only on these rows."""
+    differentiable, and the tables' gradient is non-zero only on these rows (``sparse``: the
+    gradient is a sparse COO tensor holding just these rows)."""
     n_users = model.user_emb.shape[0]
     is_user = src_ids < n_users
     pos_u, pos_i = is_user.nonzero().squeeze(1), (~is_user).nonzero().squeeze(1)
-    x = torch.zeros(len(src_ids), model.user_emb.shape[1], dtype=model.user_emb.dtype)
-    x = x.index_copy(0, pos_u, model.user_emb.index_select(0, src_ids.index_select(0, pos_u)))
-    return x.index_copy(0, pos_i, model.item_emb.index_select(0, src_ids.index_select(0, pos_i) - n_users))
+    ids_u, ids_i = src_ids.index_select(0, pos_u), src_ids.index_select(0, pos_i) - n_users
+    if sparse:
+        rows_u, rows_i = F.embedding(ids_u, model.user_emb, sparse=True), F.embedding(ids_i, model.item_emb, sparse=True)
+    else:
+        rows_u, rows_i = model.user_emb.index_select(0, ids_u), model.item_emb.index_select(0, ids_i)
+    x = torch.zeros(len(src_ids), model.user_emb.shape[1], dtype=model.user_emb.dtype, device=model.user_emb.device)
+    return x.index_copy(0, pos_u, rows_u).index_copy(0, pos_i, rows_i)
 
 
 class SampledViews:
     """Views of the seeds of one sampled minibatch. ``seeds`` are global node ids (sorted, unique);
     a (side, node) is looked up by binary search, so callers pass ids of that side."""
 
-    def __init__(self, model: DualTower, blocks: list[Block], seeds: torch.Tensor):
+    def __init__(self, model: DualTower, blocks: list[Block], seeds: torch.Tensor, sparse: bool = False):
         self.model, self.blocks, self.seeds = model, blocks, seeds
         self.n_users = model.user_emb.shape[0]
         # deg/n_sampled rescaling: an unbiased estimate of each full-graph layer (exact with full fanouts)
-        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids), unbiased=True)
+        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids, sparse),
+                                               unbiased=True)
 
     def _pos(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         gid = nodes if side == "user" else nodes + self.n_users
@@ -59,13 +70,17 @@ class SampledViews:
     def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         return self.h_seeds[self._pos(side, nodes)]
 
+    def ego(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        """Layer-0 rows (the seeds are the first rows of every layer), through the same gather."""
+        return self.near[0][self._pos(side, nodes)]
+
     def intent(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         """r_v over the node's *sampled* neighbours (the last block's edges), with the
         last block's edge dropout; equal to the full-graph view with full fanouts."""
         pos = self._pos(side, nodes)
         last = self.blocks[-1]
-        want = torch.full((last.n_dst,), -1, dtype=torch.int64)
-        want[pos] = torch.arange(len(pos))
+        want = torch.full((last.n_dst,), -1, dtype=torch.int64, device=pos.device)
+        want[pos] = torch.arange(len(pos), device=pos.device)
         row = want.index_select(0, last.edge_dst)
         keep = row >= 0
         row, nbr = row[keep], last.edge_src[keep]
