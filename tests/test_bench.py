@@ -29,4 +29,7 @@ def test_bench_sampler_saves_json(tmp_path, capsys):
                 "--graph-cache", str(tmp_path / "graphs"), "--out", str(out), "--no-progress"])
     assert "batches/s" in capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert report["results"][0]["backend"].startswith("torch") and report["results"][0]["batches_per_s"] > 0
+    ours, keyed = report["results"]
+    assert ours["backend"] == "torch (ours)" and keyed["backend"] == "torch (ours, counter-based)"
+    assert ours["batches_per_s"] > 0 and keyed["batches_per_s"] > 0
+    assert ours["edges_per_batch"] > 0 and keyed["edges_per_batch"] > 0
