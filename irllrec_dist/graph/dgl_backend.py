@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from irllrec_dist.graph import hash_rng
-from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, Block, inverse_sqrt_degree, make_block
+from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, Block, inverse_sqrt_degree, key_tuple, make_block
 
 
 def dgl_available() -> bool:
@@ -61,7 +61,7 @@ class DGLNeighborSampler:
         if torch.unique(seeds).numel() != seeds.numel():
             raise ValueError("seeds must be unique")
         if key is not None:
-            dgl.seed(int(hash_rng.uniform(*(key if isinstance(key, (tuple, list)) else (key,))) * (2**31 - 1)))
+            dgl.seed(int(hash_rng.uniform(*key_tuple(key)) * (2**31 - 1)))
         elif generator is not None:
             dgl.seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         _, _, dgl_blocks = self._sampler.sample(self.g, seeds)

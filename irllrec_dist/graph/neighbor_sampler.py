@@ -264,7 +264,7 @@ class NeighborSampler:
             raise ValueError("seeds must be unique")
         blocks: list[Block] = []
         dst = seeds
-        key = _key_tuple(key)
+        key = key_tuple(key)
         for hop, fanout in enumerate(reversed(self.fanouts)):
             row, nbr = self._sample_neighbors(dst, fanout, generator, key, hop)
             src_ids, local = self._relabel(dst, nbr)
@@ -274,7 +274,8 @@ class NeighborSampler:
         return blocks
 
 
-def _key_tuple(key) -> tuple[int, ...] | None:
+def key_tuple(key) -> tuple[int, ...] | None:
+    """A counter key as a tuple of ints: (seed, step), a list, or one int."""
     if key is None:
         return None
     return tuple(int(k) for k in (key if isinstance(key, (tuple, list)) else (key,)))
@@ -284,7 +285,7 @@ def drop_edges(blocks: Sequence[Block], keep: float, key) -> None:
     """Edge dropout in place: zero the weight of each block edge unless
     uniform(key, hop, dst, src) < ``keep`` (global ids), so that, like the sample itself, whether
     an edge survives does not depend on the rest of the batch."""
-    key = _key_tuple(key)
+    key = key_tuple(key)
     for hop, b in enumerate(reversed(blocks)):
         src = b.src_ids.index_select(0, b.edge_src)
         dst = b.src_ids.index_select(0, b.edge_dst)
