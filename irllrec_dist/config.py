@@ -40,6 +40,7 @@ class SyntheticConfig:
     val_frac: float = 0.1
     test_frac: float = 0.1
     with_text: bool = True
+    user_text: bool = False  # users write a self-description too (what cold-start users are scored from)
 
     def validate(self) -> None:
         _check(self.n_users > 0 and self.n_items > 0, "synthetic.n_users/n_items must be > 0")
@@ -62,8 +63,16 @@ class IngestConfig:
     source: str = ""  # folder (or URI) holding the raw files
     on_duplicate: str = "error"  # error | dedupe (dedupe counts and reports)
     rows_per_shard: int = 1_000_000
+    # Cold start: these shares of the users / items with text are held out with all their
+    # edges (dataset/cold_users, cold_items), never trained on; evaluate reaches them through text.
+    cold_users: float = 0.0
+    cold_items: float = 0.0
+    cold_seed: int = 0
 
     def validate(self) -> None:
+        for side in ("users", "items"):
+            share = getattr(self, f"cold_{side}")
+            _check(0.0 <= share < 1.0, f"ingest.cold_{side} must be in [0, 1), got {share}")
         _check(self.format in ("rlmrec-pickle", "csv-jsonl", "parquet"),
                f"ingest.format must be rlmrec-pickle, csv-jsonl or parquet, got {self.format!r}")
         _check(self.on_duplicate in ("error", "dedupe"), "ingest.on_duplicate must be error or dedupe")
@@ -246,10 +255,13 @@ class EvalConfig:
     mask_val_in_test: bool = False  # literature protocol masks training items only
     export_top_k: int = 20
     degree_buckets: tuple[int, ...] = (5, 20)  # test metrics also reported for users by training degree
+    # > 0: items are scored through h_i + fuse_text * |h_i| * (text direction), model.fused_item_vectors
+    fuse_text: float = 0.0
 
     def validate(self) -> None:
         _check(len(self.ks) > 0 and all(k > 0 for k in self.ks), "eval.ks must be positive")
         _check(self.monitor_k in self.ks, "eval.monitor_k must be one of eval.ks")
+        _check(self.fuse_text >= 0, f"eval.fuse_text must be >= 0, got {self.fuse_text}")
 
 
 @dataclass
@@ -272,6 +284,8 @@ class Config:
                 sub.validate()
         _check(not self.loss.uses_intents() or self.model.intents > 0,
                "loss.ia/ta/itm need intent prototypes: set model.intents > 0")
+        _check(not self.eval.fuse_text or self.loss.prf > 0,
+               "eval.fuse_text needs the profile text tower: set loss.prf > 0")
         fanouts = self.train.fanout_list()
         _check(fanouts is None or len(fanouts) == self.model.layers,
                f"train.fanouts has {len(fanouts or [])} layers, model.layers is {self.model.layers}")

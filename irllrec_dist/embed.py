@@ -9,7 +9,8 @@ the run root. Texts (``embed.text_source``): with the LLM stage's output
 intent vector the model's intent list; without it (``raw``), item profile =
 item intent = the item's own text. A user the LLM did not describe gets the
 normalised mean of the vectors of their *training* items (never val/test),
-which is how the text-only reference row was measured.
+which is how the text-only reference row was measured; a user with no training
+item (a cold-start user) gets the vector of their own text, if they have one.
 """
 
 from __future__ import annotations
@@ -158,10 +159,24 @@ def _user_means(data: ds.Dataset, item_ids: np.ndarray, *item_vectors: np.ndarra
     return user_ids, out
 
 
+def _with_own_text(data: ds.Dataset, ec: EmbedConfig, ids: np.ndarray, *vectors: np.ndarray):
+    """Adds the users that got no vector (no training item, no LLM row) but have their own
+    text -- cold-start users -- with that text's vector for every column; sorted by id."""
+    have = np.zeros(data.n_users, dtype=bool)
+    have[ids] = True
+    own = np.asarray([u for u, t in enumerate(data.user_text) if t is not None and not have[u]], np.int64)
+    if own.size == 0:
+        return ids, vectors, 0
+    vec = encode([data.user_text[u] for u in own], ec)
+    all_ids = np.concatenate([ids, own])
+    order = np.argsort(all_ids)
+    return all_ids[order], tuple(np.concatenate([v, vec])[order] for v in vectors), int(own.size)
+
+
 def run(cfg: Config) -> None:
     ec = cfg.embed
     data = ds.load(cfg.run_root)
-    ingest_hash = storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), "items"))["config_hash"]
+    ingest_hash = _ingest_hash(cfg.run_root)
     source = text_source(cfg)
     # Only what changes the vectors (not where they are computed).
     key = {"embed": {k: v for k, v in vars(ec).items() if k not in ("text_source", "actors", "gpus_per_actor")},
@@ -187,7 +202,12 @@ def _write(cfg: Config, chash: str, side: str, ids: np.ndarray, profile: np.ndar
     check_vectors(ids, profile, profile.shape[1], f"embeddings/{side} profile")
     check_vectors(ids, intent, profile.shape[1], f"embeddings/{side} intent")
     storage.write_table(embeddings_uri(cfg.run_root, side), _vectors_table(ids, profile, intent, cfg.embed.model),
-                        chash, meta={"stage": "embed", "model": cfg.embed.model, "dim": int(profile.shape[1]), **meta})
+                        chash, meta={"stage": "embed", "model": cfg.embed.model, "dim": int(profile.shape[1]),
+                                     "dataset": _ingest_hash(cfg.run_root), **meta})
+
+
+def _ingest_hash(run_root: str) -> str:
+    return storage.read_manifest(storage.join(ds.dataset_uri(run_root), "items"))["config_hash"]
 
 
 def _embed_raw(cfg: Config, data: ds.Dataset, chash: str) -> None:
@@ -198,8 +218,10 @@ def _embed_raw(cfg: Config, data: ds.Dataset, chash: str) -> None:
         raise InputError(f"{ds.dataset_uri(cfg.run_root)}/items: no item has text; the text tower needs some")
     vec = encode([data.item_text[i] for i in item_ids], ec)
     user_ids, (uvec,) = _user_means(data, item_ids, vec)
+    user_ids, (uvec,), n_own = _with_own_text(data, ec, user_ids, uvec)
     _write(cfg, chash, "items", item_ids, vec, vec, {"text_source": "raw item text"})
-    _write(cfg, chash, "users", user_ids, uvec, uvec, {"text_source": "mean of training items' raw-text vectors"})
+    _write(cfg, chash, "users", user_ids, uvec, uvec, {"text_source": "mean of training items' raw-text vectors",
+                                                       "own_text_without_training_items": n_own})
     log.info("embeddings (raw text): %d items, %d users, dim %d", len(item_ids), len(user_ids), vec.shape[1])
 
 
@@ -258,8 +280,10 @@ def _embed_intents(cfg: Config, data: ds.Dataset, chash: str) -> None:
         n_llm = len(u_ids)
     else:
         user_ids, u_prof, u_int, n_llm = mean_ids, m_prof, m_int, 0
+    user_ids, (u_prof, u_int), n_own = _with_own_text(data, ec, user_ids, u_prof, u_int)
     _write(cfg, chash, "users", user_ids, u_prof, u_int,
-           {"text_source": "intents", "from_llm": int(n_llm), "mean_of_items": int(len(user_ids) - n_llm)})
+           {"text_source": "intents", "from_llm": int(n_llm), "mean_of_items": int(len(user_ids) - n_llm - n_own),
+            "own_text_without_training_items": n_own})
     log.info("embeddings (LLM intents): %d items (%d from the LLM), %d users (%d from the LLM), dim %d",
              len(item_ids), len(ids), len(user_ids), n_llm, vec.shape[1])
 
@@ -270,6 +294,11 @@ def load_text_inputs(run_root: str, n_users: int, n_items: int) -> TextInputs:
     dim = None
     for side, n in (("users", n_users), ("items", n_items)):
         uri = embeddings_uri(run_root, side)
+        built_from = ((storage.read_manifest(uri) or {}).get("meta") or {}).get("dataset")
+        if built_from is not None and built_from != _ingest_hash(run_root):
+            # e.g. re-ingested with other cold-start entities: a user's mean could hold held-out items
+            raise InputError(f"{uri}: built from another ingest of {ds.dataset_uri(run_root)} "
+                             f"({built_from}); run `python -m irllrec_dist.embed` again")
         table = storage.read_table(uri)
         ids = table.column("id").to_numpy()
         bad = np.flatnonzero((ids < 0) | (ids >= n))

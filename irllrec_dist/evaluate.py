@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -23,9 +24,10 @@ import torch
 from irllrec_dist import storage
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
+from irllrec_dist.data.dataset import COLD_TABLES
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded, top_k
-from irllrec_dist.model.dual_tower import build_model
+from irllrec_dist.model.dual_tower import build_model, cold_vectors, fused_item_vectors
 
 log = logging.getLogger("irllrec_dist.evaluate")
 
@@ -70,15 +72,83 @@ def by_degree(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: t
             for name, users in degree_buckets(cfg, data).items()}
 
 
-def load_embeddings(cfg: Config, data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def scoring_vectors(cfg: Config, model, mats, text) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user vectors, item vectors) that scores use: the interaction tower's h, items fused
+    with their text direction when eval.fuse_text > 0."""
+    with torch.no_grad():
+        u, i = model(*mats)
+        if cfg.eval.fuse_text:
+            i = fused_item_vectors(i, model.text_directions(text, "item"), cfg.eval.fuse_text)
+    return u, i
+
+
+def warm_nodes(data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Users / items with at least one training edge."""
+    return (torch.from_numpy(np.bincount(data.train[:, 0], minlength=data.n_users) > 0),
+            torch.from_numpy(np.bincount(data.train[:, 1], minlength=data.n_items) > 0))
+
+
+@dataclass
+class Scorer:
+    """What a trained run scores with: warm users and items by ``user`` / ``item``; users and
+    items without a training edge by ``cold_user`` / ``cold_item`` -- their text direction
+    through the trained profile tower (loss.prf > 0), else their ID vectors (all an ID model has)."""
+
+    user: torch.Tensor
+    item: torch.Tensor
+    cold_user: torch.Tensor
+    cold_item: torch.Tensor
+
+    def catalogue(self, warm_items: torch.Tensor) -> torch.Tensor:
+        """Every item as a cold user sees the catalogue: warm items by ``item``, the others by ``cold_item``."""
+        return torch.where(warm_items[:, None], self.item, self.cold_item)
+
+
+def load_scorer(cfg: Config, data: ds.Dataset) -> tuple[Scorer, dict]:
+    """The best checkpoint's scorer, and the checkpoint."""
     blob = storage.read_bytes(run_uri(cfg, "checkpoints", "best.pt"))
     ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     model = build_model(cfg, data.n_users, data.n_items, ckpt.get("text_dim"))
     model.load_state_dict(ckpt["model"])
     adj = build_adjacency(data.train, data.n_users, data.n_items)
-    with torch.no_grad():
-        u, i = model(*adj.matrices())
-    return u, i, ckpt
+    text = None
+    if ckpt.get("text_dim"):
+        from irllrec_dist.embed import load_text_inputs
+
+        text = load_text_inputs(cfg.run_root, data.n_users, data.n_items)
+    u, i = scoring_vectors(cfg, model, adj.matrices(), text)
+    cold_u, cold_i = u, i
+    if text is not None and cfg.loss.prf and (len(data.cold_users) or len(data.cold_items)):
+        warm_u, warm_i = warm_nodes(data)
+        with torch.no_grad():
+            cold_u = cold_vectors(u, model.text_directions(text, "user"), warm_u)
+            cold_i = cold_vectors(i, model.text_directions(text, "item"), warm_i)
+    return Scorer(u, i, cold_u, cold_i), ckpt
+
+
+def cold_metrics(cfg: Config, data: ds.Dataset, cold_users: tuple[torch.Tensor, torch.Tensor] | None,
+                 cold_items: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, dict]:
+    """Cold start, for the cold splits the dataset has. ``cold_users`` = (user vectors, item
+    vectors): the cold users rank the whole catalogue. ``cold_items`` = (user vectors, item
+    vectors): every user with an edge to a held-out item ranks only the held-out items.
+    Nothing is excluded: none of these edges or entities was seen in training."""
+    ks, max_scores = tuple(cfg.eval.ks), cfg.eval.max_scores_per_batch
+    out = {}
+    if len(data.cold_users) and cold_users is not None:
+        none = sp.csr_matrix((data.n_users, data.n_items), dtype=np.float32)
+        out["cold_users"] = evaluate_ranking(*cold_users, data.matrix("cold_users"), none, ks, max_scores)
+    if len(data.cold_items) and cold_items is not None:
+        items = np.unique(data.cold_items[:, 1])
+        col = np.full(data.n_items, -1, dtype=np.int64)
+        col[items] = np.arange(len(items))
+        e = data.cold_items
+        truth = sp.csr_matrix((np.ones(len(e), dtype=np.float32), (e[:, 0], col[e[:, 1]])),
+                              shape=(data.n_users, len(items)))
+        none = sp.csr_matrix((data.n_users, len(items)), dtype=np.float32)
+        user_vecs, item_vecs = cold_items
+        out["cold_items"] = dict(evaluate_ranking(user_vecs, item_vecs[torch.from_numpy(items)], truth, none,
+                                                  ks, max_scores), items=int(len(items)))
+    return out
 
 
 def export_top_k(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor) -> str:
@@ -101,10 +171,13 @@ def export_top_k(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb
 
 def run(cfg: Config, split: str = "test", export: bool = True) -> dict:
     data = ds.load(cfg.run_root)
-    u, i, ckpt = load_embeddings(cfg, data)
+    scorer, ckpt = load_scorer(cfg, data)
+    u, i = scorer.user, scorer.item
     result = split_metrics(cfg, data, u, i, split)
     result = {"split": split, "best_epoch": ckpt.get("epoch"), **result,
               "by_degree": by_degree(cfg, data, u, i, split)}
+    warm_i = warm_nodes(data)[1]
+    result.update(cold_metrics(cfg, data, (scorer.cold_user, scorer.catalogue(warm_i)), (u, scorer.cold_item)))
     if export:
         result["recommendations"] = export_top_k(cfg, data, u, i)
     storage.write_json(run_uri(cfg, f"eval_{split}.json"), result)
@@ -114,24 +187,32 @@ def run(cfg: Config, split: str = "test", export: bool = True) -> dict:
 def reference_rows(cfg: Config) -> dict[str, dict]:
     """Two rows that show how much signal the data carries without training:
     popularity (score = training degree of the item) and text alone (score = user text
-    vector . item text vector from the embedding stage). Written as runs/<name>/metrics.json."""
+    vector . item text vector from the embedding stage). Written as runs/<name>/metrics.json.
+    With cold splits: cold users get the same popularity ranking (the usual fallback for a
+    new user); for the held-out items, which have no training edge, popularity is counted
+    on their held-out edges themselves -- an oracle no real system has at cold start, an
+    upper reference rather than a baseline."""
     data = ds.load(cfg.run_root)
-    pop = torch.from_numpy(np.bincount(data.train[:, 1], minlength=data.n_items).astype(np.float32))
-    rows = {"popularity": (torch.ones(data.n_users, 1), pop[:, None])}
+    ones = torch.ones(data.n_users, 1)
+    pop = torch.from_numpy(np.bincount(data.train[:, 1], minlength=data.n_items).astype(np.float32))[:, None]
+    oracle = torch.from_numpy(np.bincount(data.cold_items[:, 1], minlength=data.n_items).astype(np.float32))[:, None]
+    rows = {"popularity": ((ones, pop), (ones, pop), (ones, oracle))}
     if storage.is_complete(storage.join(cfg.run_root, "embeddings", "items")):
         from irllrec_dist.embed import load_text_inputs
 
         text = load_text_inputs(cfg.run_root, data.n_users, data.n_items)
         item = text.item_profile.clone()
         item[~text.item_has] = 0.0
-        rows["text_only"] = (text.user_profile, item)
+        pair = (text.user_profile, item)
+        rows["text_only"] = (pair, pair, pair)
     out = {}
-    for name, (u, i) in rows.items():
+    for name, ((u, i), cold_u, cold_i) in rows.items():
         summary = {"run_name": name, "seed": None, "best_epoch": None,
                    "val": {k: v for k, v in split_metrics(cfg, data, u, i, "val").items() if "@" in k}}
         test = split_metrics(cfg, data, u, i, "test")
         summary["test"] = {k: v for k, v in test.items() if "@" in k or k == "users"}
         summary["test_by_degree"] = by_degree(cfg, data, u, i, "test")
+        summary.update(cold_metrics(cfg, data, cold_u, cold_i))
         storage.write_json(storage.join(cfg.run_root, "runs", name, "metrics.json"), summary)
         out[name] = summary
     return out
@@ -149,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.reference_rows:
         out = reference_rows(cfg)
-        print(json.dumps({k: v["test"] for k, v in out.items()}, indent=1))
+        print(json.dumps({k: {s: v[s] for s in ("test", *COLD_TABLES) if s in v} for k, v in out.items()}, indent=1))
         return 0
     print(json.dumps(run(cfg, args.split, not args.no_export), indent=1))
     return 0

@@ -19,6 +19,7 @@ import time
 from irllrec_dist import storage
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
+from irllrec_dist.data.cold_start import hold_out_cold
 from irllrec_dist.data.readers import READERS, InputError
 from irllrec_dist.data.validation import build_canonical
 
@@ -40,8 +41,10 @@ def run(cfg: Config, force: bool = False) -> dict:
     ic = cfg.ingest
     if not ic.source:
         raise InputError("ingest.source is empty; expected the folder or URI holding the raw files")
-    chash = storage.config_hash({"ingest": {k: v for k, v in vars(ic).items() if k != "rows_per_shard"},
-                                 "input": _input_fingerprint(ic.source)})
+    # The cold-start keys join the hash only when set, so datasets ingested before they existed stay valid.
+    cold = bool(ic.cold_users or ic.cold_items)
+    keys = {k: v for k, v in vars(ic).items() if k != "rows_per_shard" and not (k.startswith("cold_") and not cold)}
+    chash = storage.config_hash({"ingest": keys, "input": _input_fingerprint(ic.source)})
     out = ds.dataset_uri(cfg.run_root)
     if not force and ds.is_committed(cfg.run_root, chash):
         log.info("dataset at %s is up to date (config hash %s); skipping", out, chash)
@@ -50,14 +53,31 @@ def run(cfg: Config, force: bool = False) -> dict:
     t0 = time.time()
     raw = READERS[ic.format](ic.source)
     canon = build_canonical(raw, ic.on_duplicate)
-    for name in ds.TABLES:
-        storage.write_table(storage.join(out, name), canon.tables[name], chash,
-                            meta={"stage": "ingest", "format": ic.format, "source": ic.source},
+    tables, report = canon.tables, dict(canon.report)
+    if cold:
+        tables, report["cold"] = hold_out_cold(tables, ic.cold_users, ic.cold_items, ic.cold_seed)
+        for s in ("train", "val", "test"):  # what is left for training and the warm evaluation
+            report["splits"][s]["edges_after_cold_start"] = int(tables[s].num_rows)
+    cold_tables = [name for name in ds.COLD_TABLES if name in tables]
+    for name in ds.COLD_TABLES:
+        if name not in tables:  # a cold split of an earlier ingest is not this dataset's
+            storage.remove(storage.join(out, name))
+    # The required tables record which cold tables belong to them: the dataset counts as
+    # committed only when all of them carry this hash (ds.is_committed), whatever the order.
+    for name in tables:
+        storage.write_table(storage.join(out, name), tables[name], chash,
+                            meta={"stage": "ingest", "format": ic.format, "source": ic.source,
+                                  "cold_tables": cold_tables},
                             rows_per_shard=ic.rows_per_shard)
-    report = dict(canon.report, config_hash=chash, seconds=round(time.time() - t0, 2))
+    report.update(config_hash=chash, seconds=round(time.time() - t0, 2))
     storage.write_json(storage.join(out, "_report.json"), report)
     log.info("ingested %d users, %d items, %s edges in %.1fs -> %s", report["n_users"], report["n_items"],
-             {s: v["edges"] for s, v in report["splits"].items()}, report["seconds"], out)
+             {s: v.get("edges_after_cold_start", v["edges"]) for s, v in report["splits"].items()},
+             report["seconds"], out)
+    for side in ("users", "items"):
+        if side in report.get("cold", {}):
+            rep = report["cold"][side]
+            log.info("held out %d cold-start %s with %d edges (%s)", rep["count"], side, rep["edges"], rep["edges_from"])
     return report
 
 

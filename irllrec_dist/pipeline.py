@@ -44,11 +44,13 @@ def ensure_synthetic(cfg: Config) -> Config:
 
 def format_table(summary: dict) -> str:
     ks = sorted({int(k.split("@")[1]) for k in summary["test"] if "@" in k})
-    head = "split | " + " | ".join(f"R@{k}" for k in ks) + " | " + " | ".join(f"N@{k}" for k in ks)
+    head = "split      | " + " | ".join(f"R@{k}" for k in ks) + " | " + " | ".join(f"N@{k}" for k in ks)
     rows = [head]
-    for split in ("val", "test"):
+    for split in ("val", "test", "cold_users", "cold_items"):
+        if split not in summary:
+            continue
         m = summary[split]
-        rows.append(f"{split:5} | " + " | ".join(f"{m[f'recall@{k}']:.4f}" for k in ks) + " | "
+        rows.append(f"{split:10} | " + " | ".join(f"{m[f'recall@{k}']:.4f}" for k in ks) + " | "
                     + " | ".join(f"{m[f'ndcg@{k}']:.4f}" for k in ks))
     return "\n".join(rows)
 
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
           f"wall: {time.time() - t0:.0f}s   peak RSS: {summary['peak_rss_mib']:.0f} MiB")
     print(format_table(summary))
     for name, row in reference.items():
-        print(f"reference, {name}: test R@20 {row['test']['recall@20']:.4f}  N@20 {row['test']['ndcg@20']:.4f}")
+        cold = "".join(f"   {c} R@20 {row[c]['recall@20']:.4f}" for c in ("cold_users", "cold_items") if c in row)
+        print(f"reference, {name}: test R@20 {row['test']['recall@20']:.4f}  N@20 {row['test']['ndcg@20']:.4f}{cold}")
     if cfg.intents.enabled:
         report = storage.read_json(storage.join(cfg.run_root, "intents", "_report.json"))
         for side, rep in report["sides"].items():

@@ -1,6 +1,6 @@
 """Collect runs/*/metrics.json under a run root into a markdown results table.
 
-    python -m irllrec_dist.report runs/yelp [--by-degree] [--split test]
+    python -m irllrec_dist.report runs/yelp [--by-degree] [--split test|val|cold_users|cold_items]
 
 Runs named ``<group>-s<seed>`` are grouped: the table shows mean ± sample std over
 seeds (and the count), so each preset is one row.
@@ -43,6 +43,9 @@ def table(groups: dict[str, list[dict]], split: str = "test") -> str:
         " | best epoch |"
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
     for group, runs in groups.items():
+        runs = [r for r in runs if split in r]
+        if not runs:
+            continue
         cells = [_cell([r[split][m] for r in runs]) for m in METRICS]
         epochs = [r["best_epoch"] for r in runs if r.get("best_epoch") is not None]
         lines.append(f"| {group} | {len(runs)} | " + " | ".join(cells) +
@@ -65,7 +68,8 @@ def degree_table(groups: dict[str, list[dict]], metric: str = "recall@20") -> st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_root")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--split", default="test", choices=("val", "test", "cold_users", "cold_items"),
+                        help="cold_*: the held-out cold-start users / items (ingest.cold_users / cold_items)")
     parser.add_argument("--by-degree", action="store_true")
     args = parser.parse_args(argv)
     groups = collect(args.run_root)

@@ -48,10 +48,16 @@ def allreduce_rows(grad: torch.Tensor, rows: torch.Tensor | None, world: int) ->
     return index_bytes + len(union) * row_bytes
 
 
-def allreduce_sparse_rows(grad: torch.Tensor, world: int) -> tuple[torch.Tensor, int]:
-    """The mean over ranks of a row-sparse COO gradient (``F.embedding(..., sparse=True)``), as a
-    coalesced sparse tensor over the union of every rank's rows; collective. Returns it and the
-    payload bytes this rank all-gathered and all-reduced (counted as in ``allreduce_rows``)."""
+def allreduce_sparse_rows(table: torch.Tensor, world: int) -> int:
+    """In place: ``table.grad``, a row-sparse COO gradient (``F.embedding(..., sparse=True)``; None
+    when this rank's batch did not read the table), becomes the mean over ranks as a coalesced
+    sparse tensor over the union of every rank's rows. Collective: every rank calls it. Returns
+    the payload bytes this rank all-gathered and all-reduced (counted as in ``allreduce_rows``)."""
+    grad = table.grad
+    if grad is None:  # still takes part in the exchange, with no rows
+        grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=table.device),
+                                       torch.zeros((0, *table.shape[1:]), dtype=table.dtype, device=table.device),
+                                       table.shape)
     g = grad.coalesce()
     rows, values = g.indices()[0], g.values()
     union, index_bytes = union_of_rows(rows, world)
@@ -59,9 +65,9 @@ def allreduce_sparse_rows(grad: torch.Tensor, world: int) -> tuple[torch.Tensor,
     buf.index_copy_(0, torch.searchsorted(union, rows), values)
     dist.all_reduce(buf)
     buf.div_(world)
-    mean = torch.sparse_coo_tensor(union.unsqueeze(0), buf, grad.shape, is_coalesced=True,
-                                   check_invariants=False)  # union is sorted and unique by construction
-    return mean, index_bytes + buf.numel() * buf.element_size()
+    table.grad = torch.sparse_coo_tensor(union.unsqueeze(0), buf, grad.shape, is_coalesced=True,
+                                         check_invariants=False)  # union is sorted and unique by construction
+    return index_bytes + buf.numel() * buf.element_size()
 
 
 def dense_allreduce_bytes(params) -> int:

@@ -225,6 +225,13 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def remove(uri: str) -> None:
+    """Delete a file or folder (recursively) if it exists."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

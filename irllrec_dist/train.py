@@ -214,11 +214,7 @@ class StepRunner:
         row_bytes = 0
         if self.row_exchange and self.sparse_tables:
             for table in self.tables:
-                grad = table.grad if table.grad is not None else torch.sparse_coo_tensor(
-                    torch.zeros((1, 0), dtype=torch.int64, device=table.device),
-                    torch.zeros((0, table.shape[1]), dtype=table.dtype, device=table.device), table.shape)
-                table.grad, sent = allreduce_sparse_rows(grad, self.world)
-                row_bytes += sent
+                row_bytes += allreduce_sparse_rows(table, self.world)
         elif self.row_exchange:
             n_users = self.tables[0].shape[0]
             rows = (touched[touched < n_users], touched[touched >= n_users] - n_users)
@@ -342,8 +338,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             # Every rank ranks a shard of the users and gets the same metrics, so all ranks
             # take the same early-stopping decision; rank 0 keeps the best state and logs.
             model.eval()
-            with torch.no_grad():
-                user_all, item_all = model(*adj.matrices())
+            user_all, item_all = evaluate.scoring_vectors(cfg, model, adj.matrices(), text)
             val = evaluate.split_metrics(cfg, data, user_all.cpu(), item_all.cpu(), "val", rank=rank, world=world)
             record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
             if best is None or val[monitor] > best[monitor]:
@@ -408,6 +403,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         "val": {k: v for k, v in best.items() if "@" in k},
         "test": {k: v for k, v in test.items() if "@" in k or k == "users"},
         "test_by_degree": test["by_degree"],
+        **{name: test[name] for name in ds.COLD_TABLES if name in test},
         "history": history,
     }
     storage.write_json(evaluate.run_uri(cfg, "metrics.json"), summary)

@@ -44,6 +44,27 @@ def test_hard_negatives_follow_similarity_and_skip_self():
     many = torch.stack([hard_negative_indices(torch.zeros(4, 4), torch.Generator().manual_seed(s))
                         for s in range(50)])
     assert not (many == torch.arange(4)).any()
+    # rows whose other columns all underflow: uniform over the other columns, never the row itself
+    flat = torch.tensor([[0.0, -1e5, -1e5], [-1e5, 0.0, -1e5], [1.0, 2.0, 3.0]])
+    draws = torch.stack([hard_negative_indices(flat, torch.Generator().manual_seed(s)) for s in range(200)])
+    assert set(draws[:, 0].tolist()) == {1, 2} and set(draws[:, 1].tolist()) == {0, 2}
+
+
+def test_hard_negatives_match_the_softmax_distribution():
+    """Frequencies of 4,000 draws per row against softmax(sim[k]) renormalised over j != k
+    (hand-computed for row 0: exp(1), exp(2), exp(0.5) over their sum)."""
+    sim = torch.tensor([[0.0, 1.0, 2.0, 0.5], [3.0, 0.0, 0.0, 1.0], [0.0, 0.0, 5.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    draws, g = 4000, torch.Generator().manual_seed(0)
+    counts = torch.zeros(4, 4)
+    for _ in range(draws):
+        counts[torch.arange(4), hard_negative_indices(sim, g)] += 1
+    e = math.exp
+    row0 = torch.tensor([0.0, e(1), e(2), e(0.5)]) / (e(1) + e(2) + e(0.5))
+    expected = torch.stack([row0, torch.tensor([e(3), 0.0, 1, e(1)]) / (e(3) + 1 + e(1)),
+                            torch.tensor([1.0, 1, 0, 1]) / 3, torch.tensor([1.0, 1, 1, 0]) / 3])
+    assert counts.diagonal().sum() == 0
+    sigma = (expected * (1 - expected) / draws).sqrt()
+    assert ((counts / draws - expected).abs() <= 4 * sigma + 1e-9).all(), counts / draws
 
 
 def test_matching_loss_with_uninformative_head_is_log2():

@@ -58,10 +58,19 @@ def _sparse_worker(rank, world, port, out_dir):
         dense = grad.to_dense()
         dist.all_reduce(dense)
         dense /= world
-        mean, sent = allreduce_sparse_rows(grad, world)
+        table = torch.zeros(N, D, requires_grad=True)
+        table.grad = grad
+        sent = allreduce_sparse_rows(table, world)
+        mean = table.grad
         np.save(os.path.join(out_dir, f"s{rank}.npy"), np.stack([mean.to_dense().numpy(), dense.numpy()]))
         np.save(os.path.join(out_dir, f"i{rank}.npy"), mean.indices()[0].numpy())
         np.save(os.path.join(out_dir, f"b{rank}.npy"), np.array([sent]))
+        # a rank whose batch did not read the table (grad None) still takes part: the mean is
+        # rank 0's rows over the world
+        other = torch.zeros(N, D, requires_grad=True)
+        other.grad = grad if rank == 0 else None
+        allreduce_sparse_rows(other, world)
+        np.save(os.path.join(out_dir, f"n{rank}.npy"), other.grad.to_dense().numpy())
 
 
 def test_sparse_gradients_average_over_the_union_of_rows(tmp_path):
@@ -75,6 +84,11 @@ def test_sparse_gradients_average_over_the_union_of_rows(tmp_path):
         np.testing.assert_allclose(got, dense, rtol=0, atol=1e-6)  # a coalesced sum per rank, then the mean
         assert np.array_equal(np.load(tmp_path / f"i{r}.npy"), union)  # rows of either rank, once
         assert np.load(tmp_path / f"b{r}.npy")[0] == 8 + 8 * max(len(x) for x in rows) + len(union) * D * 4
+    g = torch.Generator().manual_seed(200)
+    r0 = torch.randint(0, N, (9,), generator=g)
+    rank0 = torch.sparse_coo_tensor(r0.unsqueeze(0), torch.randn(9, D, generator=g), (N, D)).to_dense().numpy()
+    for r in range(world):
+        np.testing.assert_allclose(np.load(tmp_path / f"n{r}.npy"), rank0 / world, rtol=0, atol=1e-6)
 
 
 def test_dense_bytes_count_trainable_parameters_only():

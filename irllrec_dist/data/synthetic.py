@@ -1,7 +1,8 @@
 """Synthetic interactions with planted intents: the demo's dataset and the tests' data.
 
 Every item carries a few latent intents; its text is review-like sentences
-that mention them among noise sentences. Every user has a few intents and
+that mention them among noise sentences (with ``user_text``, users describe
+their own intents the same way, which cold-start users need). Every user has a few intents and
 interacts mostly with popular-ish items that share one of them, plus pure
 popularity noise. User activity and item popularity are power-law. Output is
 the raw Parquet edge-list format (``train/val/test.parquet``,
@@ -68,6 +69,10 @@ NOISE = (
 TEMPLATES = (
     "Came here for {cue}, and it delivered.", "They have {cue}.", "Loved {cue}.",
     "If you want {cue}, this is the place.", "Highlights: {cue}.",
+)
+
+USER_TEMPLATES = (
+    "I usually look for {cue}.", "Big fan of {cue}.", "Always happy to find {cue}.", "Hoping for {cue}.",
 )
 
 NAME_A = ("Copper", "Golden", "Little", "Old", "Blue", "Green", "Corner", "Urban", "Silver", "Red", "Happy", "Lucky")
@@ -250,22 +255,37 @@ def generate(cfg: SyntheticConfig) -> dict[str, pa.Table]:
         "item": pa.array(iid, pa.string()), "text": pa.array(texts, pa.string()),
         "intents": pa.array([[names[t] for t in sorted(ints)] for ints in item_intents], pa.list_(pa.string())),
     })
+    # Own stream: switching user text on leaves every other output byte-identical.
+    urng = np.random.default_rng([cfg.seed, 1])
+    user_texts = [_user_text(urng, user_intents[u]) if cfg.user_text else None for u in range(n_u)]
     out["users"] = pa.table({
-        "user": pa.array(uid, pa.string()), "text": pa.array([None] * n_u, pa.string()),
+        "user": pa.array(uid, pa.string()), "text": pa.array(user_texts, pa.string()),
         "intents": pa.array([[names[t] for t in sorted(ints)] for ints in user_intents], pa.list_(pa.string())),
     })
     return out
 
 
-def _item_text(rng, i: int, intents: np.ndarray) -> str:
-    name = f"The {NAME_A[rng.integers(len(NAME_A))]} {NAME_B[rng.integers(len(NAME_B))]}"
+def _mentions(rng, intents: np.ndarray, templates: tuple[str, ...], max_noise: int) -> list[str]:
+    """One templated sentence per intent (a random cue of it), then 1..max_noise noise sentences."""
     sentences = []
     for t in intents:
         cues = _cues(int(t))
-        sentences.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(cue=cues[rng.integers(len(cues))]))
-    sentences += [NOISE[k] for k in rng.choice(len(NOISE), size=int(rng.integers(1, 4)), replace=False)]
+        sentences.append(templates[rng.integers(len(templates))].format(cue=cues[rng.integers(len(cues))]))
+    return sentences + [NOISE[k] for k in rng.choice(len(NOISE), size=int(rng.integers(1, max_noise + 1)), replace=False)]
+
+
+def _item_text(rng, i: int, intents: np.ndarray) -> str:
+    name = f"The {NAME_A[rng.integers(len(NAME_A))]} {NAME_B[rng.integers(len(NAME_B))]}"
+    sentences = _mentions(rng, intents, TEMPLATES, max_noise=3)
     rng.shuffle(sentences)
     return f"{name}. " + " ".join(sentences)
+
+
+def _user_text(rng, intents: np.ndarray) -> str:
+    """A user's self-description: one sentence per planted intent among one or two noise sentences."""
+    sentences = _mentions(rng, intents, USER_TEMPLATES, max_noise=2)
+    rng.shuffle(sentences)
+    return "About me: " + " ".join(sentences)
 
 
 def write_raw(tables: dict[str, pa.Table], out_uri: str) -> None:

@@ -98,7 +98,7 @@ class DualTower(nn.Module):
         row, nbr, vidx = adj.neighbors(side, nodes)
         s_idx, n_idx = (0, 1) if side == "user" else (1, 0)
         edge_w = None if edge_mask is None else edge_mask[vidx]
-        return self.aggregate_intents(side, [layer[s_idx][nodes] for layer in layer_out[:-1]],
+        return self.aggregate_intents(side, [layer[s_idx].index_select(0, nodes) for layer in layer_out[:-1]],
                                       [layer[n_idx] for layer in layer_out[:-1]], nbr, row, edge_w)
 
     def aggregate_intents(self, side: str, self_layers: list[torch.Tensor], nbr_tables: list[torch.Tensor],
@@ -112,21 +112,39 @@ class DualTower(nn.Module):
         uniq, inv = torch.unique(nbr, return_inverse=True)
         outs = []
         for xs, table in zip(self_layers, nbr_tables, strict=True):
-            xu = table[uniq]
-            xn = xu[inv]
+            xu = table.index_select(0, uniq)
+            xn = xu.index_select(0, inv)
             is_ = F.normalize(F.softmax(xs @ w_self, dim=1) @ w_self.T, dim=1)
             in_ = F.normalize(F.softmax(xu @ w_nbr, dim=1) @ w_nbr.T, dim=1)
-            alpha = ((is_[row] * in_[inv]).sum(1) + 1) / 2
+            alpha = ((is_.index_select(0, row) * in_.index_select(0, inv)).sum(1) + 1) / 2
             if edge_w is not None:
                 alpha = alpha * edge_w
             denom = torch.zeros(n, device=xs.device).index_add(0, row, alpha).clamp_min(1e-12)
             outs.append(torch.zeros(n, xs.shape[1], device=xs.device).index_add(0, row, (alpha / denom[row])[:, None] * xn))
         return torch.stack(outs).mean(0)
 
+    def text_directions(self, text: TextInputs, side: str) -> torch.Tensor:
+        """normalise(MLP_prf(p_v)) of every node of a side, zero without text: where the profile
+        alignment says each node's text points in the interaction space."""
+        prof, _, has = text.side(side)
+        return F.normalize(self.profile_mlp(prof), dim=1) * has[:, None]
+
     def text_views(self, text: TextInputs, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(t_v, z_v) = (MLP_prf(p_v), MLP_int(q_v)) for ``nodes``."""
         prof, intent, _ = text.side(side)
         return self.profile_mlp(prof[nodes]), self.intent_mlp(intent[nodes])
+
+
+def fused_item_vectors(h_i: torch.Tensor, text_dir: torch.Tensor, weight: float) -> torch.Tensor:
+    """h_i + weight * |h_i| * text_dir: the item's direction moves towards its text's by
+    ``weight`` at its own scale, so s(u, i) = h_u.h_i + weight |h_i| h_u.text_dir_i."""
+    return h_i + weight * h_i.norm(dim=1, keepdim=True) * text_dir
+
+
+def cold_vectors(h: torch.Tensor, text_dir: torch.Tensor, warm: torch.Tensor) -> torch.Tensor:
+    """Users or items without interactions: their text direction at the mean norm of the
+    ``warm`` nodes' vectors (their own h never got a positive gradient)."""
+    return text_dir * h[warm].norm(dim=1).mean()
 
 
 def build_model(cfg, n_users: int, n_items: int, text_dim: int | None) -> DualTower:
