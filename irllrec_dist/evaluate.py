@@ -98,10 +98,11 @@ class Scorer:
     item: torch.Tensor
     cold_user: torch.Tensor
     cold_item: torch.Tensor
+    warm_item: torch.Tensor  # bool: the item has a training edge
 
-    def catalogue(self, warm_items: torch.Tensor) -> torch.Tensor:
+    def catalogue(self) -> torch.Tensor:
         """Every item as a cold user sees the catalogue: warm items by ``item``, the others by ``cold_item``."""
-        return torch.where(warm_items[:, None], self.item, self.cold_item)
+        return torch.where(self.warm_item[:, None], self.item, self.cold_item)
 
 
 def load_scorer(cfg: Config, data: ds.Dataset) -> tuple[Scorer, dict]:
@@ -118,12 +119,12 @@ def load_scorer(cfg: Config, data: ds.Dataset) -> tuple[Scorer, dict]:
         text = load_text_inputs(cfg.run_root, data.n_users, data.n_items)
     u, i = scoring_vectors(cfg, model, adj.matrices(), text)
     cold_u, cold_i = u, i
+    warm_u, warm_i = warm_nodes(data)
     if text is not None and cfg.loss.prf and (len(data.cold_users) or len(data.cold_items)):
-        warm_u, warm_i = warm_nodes(data)
         with torch.no_grad():
             cold_u = cold_vectors(u, model.text_directions(text, "user"), warm_u)
             cold_i = cold_vectors(i, model.text_directions(text, "item"), warm_i)
-    return Scorer(u, i, cold_u, cold_i), ckpt
+    return Scorer(u, i, cold_u, cold_i, warm_i), ckpt
 
 
 def cold_metrics(cfg: Config, data: ds.Dataset, cold_users: tuple[torch.Tensor, torch.Tensor] | None,
@@ -176,8 +177,7 @@ def run(cfg: Config, split: str = "test", export: bool = True) -> dict:
     result = split_metrics(cfg, data, u, i, split)
     result = {"split": split, "best_epoch": ckpt.get("epoch"), **result,
               "by_degree": by_degree(cfg, data, u, i, split)}
-    warm_i = warm_nodes(data)[1]
-    result.update(cold_metrics(cfg, data, (scorer.cold_user, scorer.catalogue(warm_i)), (u, scorer.cold_item)))
+    result.update(cold_metrics(cfg, data, (scorer.cold_user, scorer.catalogue()), (u, scorer.cold_item)))
     if export:
         result["recommendations"] = export_top_k(cfg, data, u, i)
     storage.write_json(run_uri(cfg, f"eval_{split}.json"), result)

@@ -20,7 +20,7 @@ from irllrec_dist import storage
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.cold_start import hold_out_cold
-from irllrec_dist.data.readers import READERS, InputError
+from irllrec_dist.data.readers import READERS, SPLITS, InputError
 from irllrec_dist.data.validation import build_canonical
 
 log = logging.getLogger("irllrec_dist.ingest")
@@ -56,7 +56,7 @@ def run(cfg: Config, force: bool = False) -> dict:
     tables, report = canon.tables, dict(canon.report)
     if cold:
         tables, report["cold"] = hold_out_cold(tables, ic.cold_users, ic.cold_items, ic.cold_seed)
-        for s in ("train", "val", "test"):  # what is left for training and the warm evaluation
+        for s in SPLITS:  # what is left for training and the warm evaluation
             report["splits"][s]["edges_after_cold_start"] = int(tables[s].num_rows)
     cold_tables = [name for name in ds.COLD_TABLES if name in tables]
     for name in ds.COLD_TABLES:

@@ -15,9 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from irllrec_dist.data.readers import InputError
-
-SPLITS = ("train", "val", "test")
+from irllrec_dist.data.readers import SPLITS, InputError
 
 
 
