@@ -21,6 +21,15 @@ add new ones in ``build_parser``):
     bytes all-reduced per step (dense parameters + table rows) against what a
     dense all-reduce of the tables would move, and peak RSS per worker.
 
+``step``
+    The real full training step (``train.StepRunner``: propagation, every loss term
+    of the preset, Adam, EMA teacher) on an ingested (and, for text presets,
+    embedded) dataset preset, for each model preset, eager and/or through
+    ``torch.compile`` (``train.compile``), on the CPU or a CUDA device: ms per
+    step, seconds per epoch, warm-up (compilation) time, peak device memory and
+    the speed-up against the eager step of the same preset in the same run;
+    ``--profile`` adds the ops that take the most device (or CPU) time.
+
 ``intents``
     Intent generation on the first ``--items`` items of a dataset (default
     ``configs/yelp.yaml``: ../shared/data/xrec-yelp, ingested under
@@ -547,6 +556,123 @@ def run_train(args) -> dict:
                          "dim": args.dim, "threads": args.threads, "steps": args.steps, "results": rows}, args.out)
 
 
+# ----------------------------------------------------------------------------- step
+def _add_step_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/yelp.yaml",
+                   help="dataset preset, already ingested (and embedded, for presets with text losses)")
+    p.add_argument("--presets", default="lightgcn,rlmrec_con,irllrec",
+                   help="model presets: names in configs/ or paths to YAML files")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--compile", default="off,on", help="off, on, or off,on (eager is then the baseline)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--profile", action="store_true", help="print the ops that take the most time per step")
+    p.add_argument("--out", default="bench_out/step.json")
+    p.add_argument("overrides", nargs="*", help="config overrides for every preset, key=value")
+
+
+def _time_step(cfg, device, compiled: bool, steps: int, warmup: int, profile: bool) -> dict:
+    import torch
+
+    from irllrec_dist import train as T
+    from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
+    from irllrec_dist.graph.neighbor_sampler import make_sampler
+
+    torch.manual_seed(cfg.train.seed)
+    graph = T.build_graph(cfg)
+    data = graph.data
+    text = T.to_device(T.load_text(cfg, data), device)
+    model = T.build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None).to(device)
+    teacher = T.EMATeacher(model, cfg.loss.ema_momentum) if cfg.loss.itm else None
+    sampler = make_sampler(graph.csr, cfg.train.fanout_list(), cfg.train.sampler) if graph.csr is not None else None
+    step = T.TrainStep(model, T.to_device(graph.adj, device), sampler, text, cfg, teacher)
+    runner = T.StepRunner(step, cfg.train.lr, 1, compiled)
+    gen, rng = torch.Generator().manual_seed(cfg.train.seed + 1), np.random.default_rng(cfg.train.seed)
+    users, items = data.train[:, 0], data.train[:, 1]
+    negatives = sample_negatives(users, np.sort(edge_keys(users, items, data.n_items)), data.n_items, rng)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one_step(k: int) -> None:  # a random batch, as train_loop draws it
+        b = rng.integers(0, len(users), cfg.train.batch_size)
+        mask = None
+        if cfg.train.edge_keep < 1.0 and sampler is None:
+            mask = (torch.rand(len(users)) < cfg.train.edge_keep).to(torch.float32).to(device)
+        batch = (torch.from_numpy(x).to(device) for x in (users[b], items[b], negatives[b]))
+        runner(mask, *batch, gen, (cfg.train.seed, k))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for k in range(warmup):
+        one_step(k)
+    sync()
+    t1 = time.perf_counter()
+    for k in range(steps):
+        one_step(warmup + k)
+    sync()
+    ms = (time.perf_counter() - t1) / steps * 1e3
+    row = {"ms_per_step": ms, "s_per_epoch": ms / 1e3 * -(-len(users) // cfg.train.batch_size),
+           "warmup_s": t1 - t0, "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20
+           if device.type == "cuda" else None, "peak_rss_mib": _rss_mib()[1]}
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=acts) as prof:
+            for k in range(5):
+                one_step(warmup + steps + k)
+            sync()
+        events = prof.key_averages()
+        attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        top = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:12]
+        row["profile"] = [{"op": e.key, "ms_per_step": getattr(e, attr, 0) / 5e3, "calls_per_step": e.count / 5}
+                          for e in top]
+        row["launches_per_step"] = sum(e.count for e in events if e.key.startswith(("cudaLaunchKernel",
+                                                                                    "cuLaunchKernel"))) / 5
+    return row
+
+
+def run_step(args) -> dict:
+    import torch
+
+    from irllrec_dist.config import load_config
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    modes = args.compile.split(",")
+    if not modes or any(m not in ("off", "on") for m in modes):
+        raise SystemExit(f"bench step: --compile takes off and/or on, got {args.compile!r}")
+    rows = []
+    for preset in args.presets.split(","):
+        path = preset if preset.endswith((".yaml", ".yml")) else str(configs / f"{preset}.yaml")
+        cfg = load_config([args.config, path], args.overrides)
+        for mode in modes:
+            row = {"preset": preset, "compile": mode,
+                   **_time_step(cfg, device, mode == "on", args.steps, args.warmup, args.profile)}
+            rows.append(row)
+            print(f"  {preset} compile={mode}: {row['ms_per_step']:.1f} ms/step, {row['s_per_epoch']:.2f} s/epoch, "
+                  f"warm-up {row['warmup_s']:.1f} s", flush=True)
+            for op in row.get("profile", []):
+                print(f"      {op['ms_per_step']:8.2f} ms {op['calls_per_step']:6.0f}x  {op['op'][:70]}")
+    for row in rows:  # the baseline of the same run: the eager step of the same preset
+        base = next((b for b in rows if b["preset"] == row["preset"] and b["compile"] == "off"), None)
+        row["speedup_vs_eager"] = base["ms_per_step"] / row["ms_per_step"] if base else None
+    cols = [("preset", "preset", "s"), ("compile", "compile", "s"), ("ms_per_step", "ms/step", ".1f"),
+            ("s_per_epoch", "s/epoch", ".2f"), ("speedup_vs_eager", "vs eager", ".2f"), ("warmup_s", "warm-up s", ".1f"),
+            ("launches_per_step", "launches/step", ".0f"), ("peak_device_mib", "peak device MiB", ",.0f"),
+            ("peak_rss_mib", "peak RSS MiB", ",.0f")]
+    print()
+    print(f"{args.config} on {args.device}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}")
+    print(_fmt_table(rows, cols))
+    return _save_report({"benchmark": "step", "config": args.config, "device": args.device,
+                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                         "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+                         "overrides": args.overrides, "results": rows}, args.out)
+
+
 # ----------------------------------------------------------------------------- intents
 def _add_intents_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/yelp.yaml", help="dataset preset (ingested if needed)")
@@ -698,6 +824,8 @@ SUBCOMMANDS = {
     # name: (help, add_args, run)
     "sampler": ("neighbour-sampler throughput (optionally against DGL)", _add_sampler_args, run_sampler),
     "train": ("training edges/s, bytes all-reduced and peak memory for 1 and 2 workers", _add_train_args, run_train),
+    "step": ("ms per full training step of model presets on a dataset, eager and compiled, CPU or CUDA",
+             _add_step_args, run_step),
     "intents": ("intent generation: vLLM against transformers on the same model and prompts", _add_intents_args,
                 run_intents),
     "_intents-worker": ("(internal) one backend's generation, run in another interpreter",

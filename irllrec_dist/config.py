@@ -210,6 +210,10 @@ class TrainConfig:
     edge_keep: float = 0.8  # edge dropout: probability an interaction is kept, redrawn per batch
     eval_every: int = 3
     patience: int = 5  # validation checks without improvement before stopping
+    # No early stop before this many epochs. With the text losses on, their normalised InfoNCE
+    # gradients dominate while the embeddings are at init scale, and validation can dip for
+    # tens of epochs before BPR takes over (seen on Yelp); patience alone would end such runs.
+    min_epochs: int = 0
     threads: int = 0  # torch intra-op threads; 0 = all cores (in-process) or cpus_per_worker (Ray)
     run_name: str = "lightgcn"
     workers: int = 0  # 0: train in this process; >= 1: Ray Train workers (local Ray unless RAY_ADDRESS)
@@ -228,12 +232,16 @@ class TrainConfig:
     # (torch.optim.SparseAdam: only the rows a step touched move), so a step costs what its batch
     # touches instead of a pass over every row. Needs loss.reg_scope: batch.
     sparse_tables: bool = False
+    # torch.compile the step (dynamic shapes): fuses the many small ops of the text losses, which
+    # bound an IRLLRec step by launches on a GPU. Costs a few minutes of compilation at start.
+    compile: bool = False
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.edge_keep <= 1, "train.edge_keep must be in (0, 1]")
         _check(self.eval_every >= 1 and self.patience >= 1, "train.eval_every/patience must be >= 1")
+        _check(0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, train.max_epochs]")
         _check(self.workers >= 0 and self.cpus_per_worker >= 1, "train.workers must be >= 0, cpus_per_worker >= 1")
         _check(self.workers <= 1 or self.batch_size >= self.workers, "train.batch_size must be >= train.workers")
         _check(self.sampler in ("torch", "dgl", "auto"), "train.sampler must be torch, dgl or auto")

@@ -55,15 +55,16 @@ def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, exc
     k = min(k, n_items)
     items_out = np.empty((len(users), k), dtype=np.int64)
     scores_out = np.empty((len(users), k), dtype=np.float32)
+    dev = user_emb.device  # scores are computed where the vectors are (a GPU during training)
     for sl in user_batches(len(users), n_items, max_scores):
         ub = users[sl]
-        scores = user_emb[torch.from_numpy(ub)] @ item_emb.T
+        scores = user_emb[torch.from_numpy(ub).to(dev)] @ item_emb.T
         if exclude is not None:
             sub = exclude[ub]
             rows = np.repeat(np.arange(len(ub)), np.diff(sub.indptr))
-            scores[torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))] = -torch.inf
+            scores[torch.from_numpy(rows).to(dev), torch.from_numpy(sub.indices.astype(np.int64)).to(dev)] = -torch.inf
         s, idx = torch.topk(scores, k, dim=1)
-        items_out[sl], scores_out[sl] = idx.numpy(), s.numpy()
+        items_out[sl], scores_out[sl] = idx.cpu().numpy(), s.cpu().numpy()
     return items_out, scores_out
 
 

@@ -8,7 +8,7 @@ over the full graph (``train.fanouts: full``) or through neighbour-sampled
 blocks of the batch's nodes (``train.fanouts: 10,10,10``), add up the
 switched-on loss terms (model/objective.py), step Adam, update the EMA teacher. Validate on Recall@monitor_k every
 ``eval_every`` epochs, keep the best checkpoint, stop after ``patience`` checks
-without improvement, then evaluate the best on test. With ``train.workers`` >= 1
+without improvement (not before ``min_epochs``), then evaluate the best on test. With ``train.workers`` >= 1
 the same loop runs on Ray Train workers (``run_ray``), each taking its slice of
 every global batch under DistributedDataParallel; with sampled blocks the
 embedding tables stay out of DDP and ranks exchange only the rows their
@@ -166,7 +166,7 @@ class StepRunner:
     ``train.sparse_tables`` the tables' gradients are row-sparse and SparseAdam moves only
     those rows; the other parameters keep Adam."""
 
-    def __init__(self, step: TrainStep, lr: float, world: int):
+    def __init__(self, step: TrainStep, lr: float, world: int, compile: bool = False):
         self.model, self.teacher, self.world = step.model, step.teacher, world
         device = step.model.user_emb.device
         self.tables = [step.model.user_emb, step.model.item_emb]
@@ -183,6 +183,8 @@ class StepRunner:
             # loss is on), so DDP must look for them.
             self.step = nn.parallel.DistributedDataParallel(
                 step, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
+        if compile:
+            self.step = torch.compile(self.step, dynamic=True)
         self.ddp_bytes = dense_allreduce_bytes(ddp_params) if distributed else 0
         self.sparse_tables = step.sparse_tables
         if self.sparse_tables:
@@ -229,6 +231,11 @@ class StepRunner:
         return loss, terms, self.ddp_bytes, row_bytes
 
 
+def early_stop(bad_checks: int, epochs_done: int, patience: int, min_epochs: int) -> bool:
+    """Stop after ``patience`` validation checks without improvement, never before ``min_epochs``."""
+    return bad_checks >= patience and epochs_done >= min_epochs
+
+
 def _digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for t in module.state_dict().values():
@@ -268,7 +275,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
     model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None).to(device)
     teacher = EMATeacher(model, cfg.loss.ema_momentum) if cfg.loss.itm else None
     sampler = make_sampler(graph.csr, cfg.train.fanout_list(), tc.sampler) if graph.csr is not None else None
-    runner = StepRunner(TrainStep(model, adj, sampler, text, cfg, teacher), tc.lr, world)
+    runner = StepRunner(TrainStep(model, adj, sampler, text, cfg, teacher), tc.lr, world, tc.compile)
     # Text-loss randomness (noise, hard negatives) has its own stream so that
     # switching those losses on does not change the graph tower's draws.
     gen = torch.Generator().manual_seed(tc.seed + 1 + rank)
@@ -315,9 +322,11 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, sample_key)
             comm_bytes += dense_bytes
             row_bytes += rows_bytes
+            # Summed on the device and read once per epoch: a .item() per step would stall a GPU.
             for name, value in [("loss", loss), *terms.items()]:
-                sums[name] = sums.get(name, 0.0) + value.item()
+                sums[name] = sums.get(name, 0.0) + value.detach().double()
             n_batches += 1
+        sums = {k: float(v) for k, v in sums.items()}
         epoch_s = time.time() - t0
         record = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
                   "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1),
@@ -339,7 +348,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             # take the same early-stopping decision; rank 0 keeps the best state and logs.
             model.eval()
             user_all, item_all = evaluate.scoring_vectors(cfg, model, adj.matrices(), text)
-            val = evaluate.split_metrics(cfg, data, user_all.cpu(), item_all.cpu(), "val", rank=rank, world=world)
+            val = evaluate.split_metrics(cfg, data, user_all, item_all, "val", rank=rank, world=world)
             record.update({f"val_{k}": v for k, v in val.items() if "@" in k})
             if best is None or val[monitor] > best[monitor]:
                 best, bad_checks = dict(val, epoch=epoch), 0
@@ -369,7 +378,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                 "history": history, "best": best, "bad_checks": bad_checks,
                 "best_state": best_state, "best_teacher": best_teacher,
             } if lead else None, {"epoch": epoch, **{k: v for k, v in record.items() if k.startswith("val_")}})
-        if bad_checks >= tc.patience:
+        if early_stop(bad_checks, epoch + 1, tc.patience, tc.min_epochs):
             if lead:
                 log.info("early stop at epoch %d: %d checks without improvement", epoch, bad_checks)
             break

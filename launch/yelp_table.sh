@@ -7,6 +7,9 @@
 #   JOBS=N      trainings at once (default 1), THREADS=T torch threads each (default 1)
 #   DATASET=F   the dataset preset (default configs/yelp.yaml; the tests use a tiny one)
 #   SEEDS="..." seeds of the LightGCN / RLMRec-Con / IRLLRec rows (default "2023 2024 2025")
+#   ROWS="..."  only these rows, in this order (names as in runs/: irllrec-s2024, irllrec_no_ta-s2023, ...)
+#   PREPARED=1  the dataset and embeddings are already under the run root (copied from where they
+#               were built): skip ingest, embed and the reference rows, which need the raw files
 #   extra args  config overrides for every training (not ingest/embed: dataset settings belong
 #               in the DATASET preset), e.g. on a GPU machine:
 #               JOBS=6 bash launch/yelp_table.sh train.gpus_per_worker=1
@@ -18,9 +21,11 @@ THREADS=${THREADS:-1}
 DATASET=${DATASET:-configs/yelp.yaml}
 ROOT=$($PY -c "import sys; from irllrec_dist.config import load_config; print(load_config([sys.argv[1]]).run_root)" "$DATASET")
 mkdir -p "$ROOT/logs"
-$PY -m irllrec_dist.ingest --config "$DATASET"
-$PY -m irllrec_dist.embed --config "$DATASET"
-$PY -m irllrec_dist.evaluate --config "$DATASET" --reference-rows > "$ROOT/logs/reference_rows.json"
+if [ -z "${PREPARED:-}" ]; then
+  $PY -m irllrec_dist.ingest --config "$DATASET"
+  $PY -m irllrec_dist.embed --config "$DATASET"
+  $PY -m irllrec_dist.evaluate --config "$DATASET" --reference-rows > "$ROOT/logs/reference_rows.json"
+fi
 
 # name|preset|overrides (the dataset preset goes first: the model preset then sets the model)
 rows=()
@@ -29,6 +34,15 @@ for s in ${SEEDS:-2023 2024 2025}; do
 done
 rows+=("irllrec_no_ia-s2023|irllrec|loss.ia=0" "irllrec_no_ta-s2023|irllrec|loss.ta=0"
        "irllrec_no_itm-s2023|irllrec|loss.itm=0" "irllrec_reference-s2023|irllrec_reference|")
+if [ -n "${ROWS:-}" ]; then
+  chosen=()
+  for want in $ROWS; do
+    found=
+    for row in "${rows[@]}"; do [ "${row%%|*}" = "$want" ] && { chosen+=("$row"); found=1; }; done
+    [ -n "$found" ] || { echo "ROWS: no row named $want" >&2; exit 2; }
+  done
+  rows=("${chosen[@]}")
+fi
 
 train_row() {
   local name=$1 preset=$2 extra=$3

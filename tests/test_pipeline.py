@@ -45,6 +45,26 @@ def test_ingest_train_evaluate(tmp_path, tiny_raw):
     assert again["recall@20"] == summary["test"]["recall@20"]
 
 
+def test_early_stop_rule():
+    assert train.early_stop(bad_checks=5, epochs_done=16, patience=5, min_epochs=0)
+    assert not train.early_stop(bad_checks=4, epochs_done=16, patience=5, min_epochs=0)
+    assert not train.early_stop(bad_checks=5, epochs_done=16, patience=5, min_epochs=50)
+    assert train.early_stop(bad_checks=5, epochs_done=50, patience=5, min_epochs=50)
+
+
+def test_min_epochs_holds_off_early_stopping(tmp_path, tiny_raw):
+    # lr so small that validation never improves after epoch 0: patience 1 stops at once
+    # (2 epochs), unless min_epochs holds the run until it has done that many epochs.
+    runs = {}
+    for min_epochs in (0, 5):
+        cfg = make_config(tmp_path / "root", tiny_raw, max_epochs=12, eval_every=1, patience=1, threads=1,
+                          lr=1e-12, batch_size=1024, min_epochs=min_epochs, run_name=f"m{min_epochs}")
+        ingest.run(cfg)
+        runs[min_epochs] = train.run(cfg)
+    assert [runs[m]["epochs_run"] for m in (0, 5)] == [2, 5]
+    assert runs[0]["best_epoch"] == runs[5]["best_epoch"] == 0
+
+
 def test_pipeline_cli_on_generated_data(tmp_path):
     """The demo's config end to end, small: the real SmolLM2 describes 3 items and 3 users."""
     root = tmp_path / "demo"

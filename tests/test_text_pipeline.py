@@ -1,8 +1,10 @@
 """The text path end to end with the real MiniLM model: embed -> IRLLRec training -> evaluate."""
 
 import io
+import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from irllrec_dist import embed, evaluate, ingest, storage, train
@@ -53,6 +55,16 @@ def test_embed_then_train_irllrec(tmp_path):
     assert again["recall@20"] == summary["test"]["recall@20"]
     rows = evaluate.reference_rows(cfg)
     assert set(rows) == {"popularity", "text_only"}
+
+    # train.compile: the same step through torch.compile (dynamic shapes, every loss term on)
+    # follows the eager run up to the rounding that fused kernels change
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    cfg.train.compile, cfg.train.max_epochs, cfg.train.run_name = True, 2, "irl_compiled"
+    compiled = train.run(cfg)
+    for eager_epoch, compiled_epoch in zip(summary["history"][:2], compiled["history"], strict=True):
+        for term in ("loss", "bpr", "prf", "ia", "ta", "itm"):
+            assert compiled_epoch[term] == pytest.approx(eager_epoch[term], rel=1e-3), term
 
 
 def _write_intents(root: str, side: str, rows: list[tuple[int, str, list[str]]]) -> None:

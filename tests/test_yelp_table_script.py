@@ -32,3 +32,17 @@ def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
         assert f"| {group} | {n} |" in table, (group, table)
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("skip ") == len(ROWS), again.stdout[-2000:]
+
+    # ROWS picks rows and their order; PREPARED=1 trains on what is under the run root
+    # without the raw files (here: moved away, so an ingest would fail).
+    for name in ("irllrec-s2024", "lightgcn-s2023"):
+        (tmp_path / "root" / "runs" / name / "metrics.json").unlink()
+    raw.rename(tmp_path / "raw_gone")
+    picked = dict(env, PREPARED="1", ROWS="irllrec-s2024 lightgcn-s2023", JOBS="1")
+    out = subprocess.run(args, cwd=REPO, env=picked, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    started = [line.split()[-1] for line in out.stdout.splitlines() if " start " in line]
+    assert started == ["irllrec-s2024", "lightgcn-s2023"], out.stdout[-2000:]
+    assert "skip " not in out.stdout
+    bad = subprocess.run(args, cwd=REPO, env=dict(picked, ROWS="irllrec-s9999"), capture_output=True, text=True)
+    assert bad.returncode == 2 and "no row named irllrec-s9999" in bad.stderr

@@ -52,7 +52,7 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
             terms["ta"] = terms.get("ta", 0) + translation_alignment(r, z, lc.tau, lc.ta_noise, generator)
         if lc.itm:
             keep = torch.randperm(len(nodes), generator=generator)[:lc.itm_max_nodes].to(nodes.device)
-            sub, r_s, z_s = nodes[keep], r[keep], z[keep]
+            sub, r_s, z_s = nodes[keep], r.index_select(0, keep), z.index_select(0, keep)
             with torch.no_grad():
                 r_t = teacher_views.intent(side, sub)
                 _, z_t = teacher_views.model.text_views(text, side, sub)
