@@ -591,7 +591,7 @@ def _time_step(cfg, device, compiled: bool, steps: int, warmup: int, profile: bo
     gen, rng = torch.Generator().manual_seed(cfg.train.seed + 1), np.random.default_rng(cfg.train.seed)
     users, items = data.train[:, 0], data.train[:, 1]
     negatives = sample_negatives(users, np.sort(edge_keys(users, items, data.n_items)), data.n_items, rng)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def one_step(k: int) -> None:  # a random batch, as train_loop draws it
         b = rng.integers(0, len(users), cfg.train.batch_size)
@@ -629,6 +629,7 @@ def _time_step(cfg, device, compiled: bool, steps: int, warmup: int, profile: bo
         top = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:12]
         row["profile"] = [{"op": e.key, "ms_per_step": getattr(e, attr, 0) / 5e3, "calls_per_step": e.count / 5}
                           for e in top]
+        row["ops_per_step"] = sum(e.count for e in events) / 5  # every profiler event, nested ones too
         row["launches_per_step"] = sum(e.count for e in events if e.key.startswith(("cudaLaunchKernel",
                                                                                     "cuLaunchKernel"))) / 5
     return row
@@ -662,8 +663,8 @@ def run_step(args) -> dict:
         row["speedup_vs_eager"] = base["ms_per_step"] / row["ms_per_step"] if base else None
     cols = [("preset", "preset", "s"), ("compile", "compile", "s"), ("ms_per_step", "ms/step", ".1f"),
             ("s_per_epoch", "s/epoch", ".2f"), ("speedup_vs_eager", "vs eager", ".2f"), ("warmup_s", "warm-up s", ".1f"),
-            ("launches_per_step", "launches/step", ".0f"), ("peak_device_mib", "peak device MiB", ",.0f"),
-            ("peak_rss_mib", "peak RSS MiB", ",.0f")]
+            ("ops_per_step", "ops/step", ",.0f"), ("launches_per_step", "launches/step", ".0f"), ("peak_device_mib", "peak device MiB", ",.0f"),
+            ("peak_rss_mib", "peak RSS MiB so far", ",.0f")]
     print()
     print(f"{args.config} on {args.device}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}")
     print(_fmt_table(rows, cols))

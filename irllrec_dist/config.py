@@ -241,7 +241,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.edge_keep <= 1, "train.edge_keep must be in (0, 1]")
         _check(self.eval_every >= 1 and self.patience >= 1, "train.eval_every/patience must be >= 1")
-        _check(0 <= self.min_epochs <= self.max_epochs, "train.min_epochs must be in [0, train.max_epochs]")
+        _check(self.min_epochs >= 0, "train.min_epochs must be >= 0")
         _check(self.workers >= 0 and self.cpus_per_worker >= 1, "train.workers must be >= 0, cpus_per_worker >= 1")
         _check(self.workers <= 1 or self.batch_size >= self.workers, "train.batch_size must be >= train.workers")
         _check(self.sampler in ("torch", "dgl", "auto"), "train.sampler must be torch, dgl or auto")

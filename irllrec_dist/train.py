@@ -378,7 +378,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                 "history": history, "best": best, "bad_checks": bad_checks,
                 "best_state": best_state, "best_teacher": best_teacher,
             } if lead else None, {"epoch": epoch, **{k: v for k, v in record.items() if k.startswith("val_")}})
-        if early_stop(bad_checks, epoch + 1, tc.patience, tc.min_epochs):
+        if epoch % tc.eval_every == 0 and early_stop(bad_checks, epoch + 1, tc.patience, tc.min_epochs):
             if lead:
                 log.info("early stop at epoch %d: %d checks without improvement", epoch, bad_checks)
             break

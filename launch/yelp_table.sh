@@ -9,7 +9,7 @@
 #   SEEDS="..." seeds of the LightGCN / RLMRec-Con / IRLLRec rows (default "2023 2024 2025")
 #   ROWS="..."  only these rows, in this order (names as in runs/: irllrec-s2024, irllrec_no_ta-s2023, ...)
 #   PREPARED=1  the dataset and embeddings are already under the run root (copied from where they
-#               were built): skip ingest, embed and the reference rows, which need the raw files
+#               were built): skip ingest and embed, which need the raw files and the MiniLM model
 #   extra args  config overrides for every training (not ingest/embed: dataset settings belong
 #               in the DATASET preset), e.g. on a GPU machine:
 #               JOBS=6 bash launch/yelp_table.sh train.gpus_per_worker=1
@@ -21,11 +21,6 @@ THREADS=${THREADS:-1}
 DATASET=${DATASET:-configs/yelp.yaml}
 ROOT=$($PY -c "import sys; from irllrec_dist.config import load_config; print(load_config([sys.argv[1]]).run_root)" "$DATASET")
 mkdir -p "$ROOT/logs"
-if [ -z "${PREPARED:-}" ]; then
-  $PY -m irllrec_dist.ingest --config "$DATASET"
-  $PY -m irllrec_dist.embed --config "$DATASET"
-  $PY -m irllrec_dist.evaluate --config "$DATASET" --reference-rows > "$ROOT/logs/reference_rows.json"
-fi
 
 # name|preset|overrides (the dataset preset goes first: the model preset then sets the model)
 rows=()
@@ -38,11 +33,21 @@ if [ -n "${ROWS:-}" ]; then
   chosen=()
   for want in $ROWS; do
     found=
+    for row in "${chosen[@]+"${chosen[@]}"}"; do
+      [ "${row%%|*}" != "$want" ] || { echo "ROWS: $want named twice" >&2; exit 2; }
+    done
     for row in "${rows[@]}"; do [ "${row%%|*}" = "$want" ] && { chosen+=("$row"); found=1; }; done
     [ -n "$found" ] || { echo "ROWS: no row named $want" >&2; exit 2; }
   done
   rows=("${chosen[@]}")
 fi
+
+# checked before anything runs: a typo in ROWS must not cost an ingest and an embedding first
+if [ "${PREPARED:-0}" != 1 ]; then
+  $PY -m irllrec_dist.ingest --config "$DATASET"
+  $PY -m irllrec_dist.embed --config "$DATASET"
+fi
+$PY -m irllrec_dist.evaluate --config "$DATASET" --reference-rows > "$ROOT/logs/reference_rows.json"
 
 train_row() {
   local name=$1 preset=$2 extra=$3

@@ -44,5 +44,7 @@ def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
     started = [line.split()[-1] for line in out.stdout.splitlines() if " start " in line]
     assert started == ["irllrec-s2024", "lightgcn-s2023"], out.stdout[-2000:]
     assert "skip " not in out.stdout
-    bad = subprocess.run(args, cwd=REPO, env=dict(picked, ROWS="irllrec-s9999"), capture_output=True, text=True)
-    assert bad.returncode == 2 and "no row named irllrec-s9999" in bad.stderr
+    for rows, message in (("irllrec-s9999", "no row named irllrec-s9999"),
+                          ("lightgcn-s2023 lightgcn-s2023", "lightgcn-s2023 named twice")):
+        bad = subprocess.run(args, cwd=REPO, env=dict(picked, ROWS=rows), capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr

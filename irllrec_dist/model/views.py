@@ -23,12 +23,11 @@ class FullGraphViews:
         self.h_u, self.h_i = model.final(layer_out)
 
     def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
-        # index_select: its backward is an index_add, cheaper than indexing's sorted index_put on a GPU
-        return (self.h_u if side == "user" else self.h_i).index_select(0, nodes)
+        return (self.h_u if side == "user" else self.h_i)[nodes]
 
     def ego(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         """Layer-0 (ID embedding) rows, what the batch-scoped L2 penalises."""
-        return (self.model.user_emb if side == "user" else self.model.item_emb).index_select(0, nodes)
+        return (self.model.user_emb if side == "user" else self.model.item_emb)[nodes]
 
     def intent(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         return self.model.intent_view(self.layer_out, self.adj, side, nodes, self.edge_mask)
@@ -69,11 +68,11 @@ class SampledViews:
         return pos
 
     def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
-        return self.h_seeds.index_select(0, self._pos(side, nodes))
+        return self.h_seeds[self._pos(side, nodes)]
 
     def ego(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         """Layer-0 rows (the seeds are the first rows of every layer), through the same gather."""
-        return self.near[0].index_select(0, self._pos(side, nodes))
+        return self.near[0][self._pos(side, nodes)]
 
     def intent(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         """r_v over the node's *sampled* neighbours (the last block's edges), with the
