@@ -662,8 +662,9 @@ def run_step(args) -> dict:
         base = next((b for b in rows if b["preset"] == row["preset"] and b["compile"] == "off"), None)
         row["speedup_vs_eager"] = base["ms_per_step"] / row["ms_per_step"] if base else None
     cols = [("preset", "preset", "s"), ("compile", "compile", "s"), ("ms_per_step", "ms/step", ".1f"),
-            ("s_per_epoch", "s/epoch", ".2f"), ("speedup_vs_eager", "vs eager", ".2f"), ("warmup_s", "warm-up s", ".1f"),
-            ("ops_per_step", "ops/step", ",.0f"), ("launches_per_step", "launches/step", ".0f"), ("peak_device_mib", "peak device MiB", ",.0f"),
+            ("s_per_epoch", "s/epoch", ".2f"), ("speedup_vs_eager", "vs eager", ".2f"),
+            ("warmup_s", "warm-up s", ".1f"), ("ops_per_step", "ops/step", ",.0f"),
+            ("launches_per_step", "launches/step", ".0f"), ("peak_device_mib", "peak device MiB", ",.0f"),
             ("peak_rss_mib", "peak RSS MiB so far", ",.0f")]
     print()
     print(f"{args.config} on {args.device}, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}")

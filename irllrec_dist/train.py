@@ -166,7 +166,7 @@ class StepRunner:
     ``train.sparse_tables`` the tables' gradients are row-sparse and SparseAdam moves only
     those rows; the other parameters keep Adam."""
 
-    def __init__(self, step: TrainStep, lr: float, world: int, compile: bool = False):
+    def __init__(self, step: TrainStep, lr: float, world: int, compiled: bool = False):
         self.model, self.teacher, self.world = step.model, step.teacher, world
         device = step.model.user_emb.device
         self.tables = [step.model.user_emb, step.model.item_emb]
@@ -183,7 +183,7 @@ class StepRunner:
             # loss is on), so DDP must look for them.
             self.step = nn.parallel.DistributedDataParallel(
                 step, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
-        if compile:
+        if compiled:
             self.step = torch.compile(self.step, dynamic=True)
         self.ddp_bytes = dense_allreduce_bytes(ddp_params) if distributed else 0
         self.sparse_tables = step.sparse_tables
