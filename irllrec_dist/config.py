@@ -235,6 +235,10 @@ class TrainConfig:
     # torch.compile the step (dynamic shapes): fuses the many small ops of the text losses, which
     # bound an IRLLRec step by launches on a GPU. Costs a few minutes of compilation at start.
     compile: bool = False
+    # In-process runs (workers: 0) save their whole state to <run>/checkpoints/state.pt at every
+    # validation and, started again with the same config, go on from there: a row of hours on a
+    # CPU survives a killed process or a machine handed back. false: start over, save nothing.
+    resume: bool = True
 
     def validate(self) -> None:
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")

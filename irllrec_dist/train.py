@@ -247,7 +247,8 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                graph: TrainingGraph | None = None, device: torch.device | None = None) -> dict | None:
     """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
     initialised) and rank 0 validates, checkpoints and returns the summary. ``checkpoints``
-    (Ray runs) restores the latest resumable state and saves a new one every validation;
+    (RayCheckpoints, or StorageCheckpoints in-process) restores the latest resumable state and
+    saves a new one every validation;
     ``graph`` (Ray runs) is the graph the driver built once, else it is built here; ``device``
     (Ray runs) is the worker's, else CUDA when train.gpus_per_worker is 1."""
     tc = cfg.train
@@ -298,6 +299,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         gen.set_state(state["gen_rng"][rank])
         history, best, bad_checks, first_epoch = state["history"], state["best"], state["bad_checks"], state["epoch"]
         best_state, best_teacher = state["best_state"], state["best_teacher"]
+        t_start -= state.get("wall_s", 0.0)  # wall_s in the summary covers every segment of the run
         if lead:
             log.info("resumed from checkpoint at epoch %d (best %s)", first_epoch, best)
     monitor = f"recall@{cfg.eval.monitor_k}"
@@ -376,7 +378,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                 "teacher": teacher.state_dict() if teacher is not None else None,
                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "gen_rng": gen_states,
                 "history": history, "best": best, "bad_checks": bad_checks,
-                "best_state": best_state, "best_teacher": best_teacher,
+                "best_state": best_state, "best_teacher": best_teacher, "wall_s": time.time() - t_start,
             } if lead else None, {"epoch": epoch, **{k: v for k, v in record.items() if k.startswith("val_")}})
         if epoch % tc.eval_every == 0 and early_stop(bad_checks, epoch + 1, tc.patience, tc.min_epochs):
             if lead:
@@ -416,6 +418,8 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         "history": history,
     }
     storage.write_json(evaluate.run_uri(cfg, "metrics.json"), summary)
+    if checkpoints is not None:
+        checkpoints.finished()
     tb.scalars(best["epoch"], summary["test"], "test/")
     tb.hparams({"model": cfg.model.name, "dim": cfg.model.dim, "layers": cfg.model.layers,
                 "intents": cfg.model.intents, "lr": tc.lr, "batch_size": tc.batch_size, "workers": world,
@@ -449,6 +453,52 @@ class RayCheckpoints:
                 torch.save(state, os.path.join(d, self.FILE))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
+
+    def finished(self) -> None:
+        """Ray Train keeps its checkpoints under its own storage (CheckpointConfig.num_to_keep)."""
+
+
+class StorageCheckpoints:
+    """Resumable state of an in-process run in its folder (``<run>/checkpoints/state.pt``), written
+    atomically at every validation. A run started again with the same config goes on from the last
+    one, bit for bit as if never stopped; another config is refused rather than mixed in. The file
+    goes once metrics.json is written, so a finished run started again trains from scratch."""
+
+    # what only changes how fast or how long a run goes: a resumed run may set these differently
+    RUNTIME_KEYS = frozenset({"train.threads", "train.max_epochs", "train.compile"})
+
+    def __init__(self, cfg: Config):
+        self.uri = evaluate.run_uri(cfg, "checkpoints", "state.pt")
+        self.config = cfg.to_dict()
+
+    def load(self) -> dict | None:
+        if not storage.exists(self.uri):
+            return None
+        state = torch.load(io.BytesIO(storage.read_bytes(self.uri)), map_location="cpu", weights_only=True)
+        saved = _flatten(state["config"])
+        now = _flatten(self.config)
+        differ = sorted(k for k in saved.keys() | now.keys()
+                        if k not in self.RUNTIME_KEYS and saved.get(k) != now.get(k))
+        if differ:
+            raise ValueError(f"{self.uri}: saved by a run with other settings ({', '.join(differ)}); start it "
+                             "with the same settings to resume, or with train.resume=false to start over")
+        return state
+
+    def save(self, state: dict | None, metrics: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({**state, "config": self.config}, buf)
+        storage.write_bytes(self.uri, buf.getvalue())
+
+    def finished(self) -> None:
+        storage.remove(self.uri)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"seed": 1}} -> {"train.seed": 1}"""
+    flat = {}
+    for k, v in tree.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
 
 
 def _ray_worker(config: dict) -> None:
@@ -496,7 +546,11 @@ def run_ray(cfg: Config) -> dict:
 def run(cfg: Config) -> dict:
     if cfg.train.workers >= 1:
         return run_ray(cfg)
-    return train_loop(cfg)
+    checkpoints = StorageCheckpoints(cfg)
+    if not cfg.train.resume:
+        checkpoints.finished()  # a stale state must not be picked up by a later resumed run
+        checkpoints = None
+    return train_loop(cfg, checkpoints=checkpoints)
 
 
 def main(argv: list[str] | None = None) -> int:

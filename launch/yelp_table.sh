@@ -3,7 +3,8 @@
 # text-alone rows, then every trained row with the same budget and early stopping --
 # LightGCN, RLMRec-Con, IRLLRec (seeds 2023-2025), IRLLRec without IA / TA / ITM and the
 # reference preset (seed 2023) -- and the tables (overall, by user degree).
-# A row whose metrics.json exists is skipped, so a stopped run resumes where it was.
+# A row whose metrics.json exists is skipped, and a row stopped part-way goes on from its last
+# validation (train.resume), so a stopped script resumes where it was.
 #   JOBS=N      trainings at once (default 1), THREADS=T torch threads each (default 1)
 #   DATASET=F   the dataset preset (default configs/yelp.yaml; the tests use a tiny one)
 #   SEEDS="..." seeds of the LightGCN / RLMRec-Con / IRLLRec rows (default "2023 2024 2025")

@@ -143,3 +143,68 @@ def test_ray_data_actors_embed_like_one_process():
         ray.shutdown()
     assert remote.shape == local.shape == (37, 384)
     assert np.allclose(remote, local, atol=1e-5)  # same vectors, same order
+
+
+def _resumable_cfg(root, raw, run_name: str) -> Config:
+    cfg = Config(run_root=str(root))
+    cfg.ingest.source = str(raw)
+    cfg.model.intents = 8
+    for k, v in dict(prf=0.01, ia=0.02, ta=0.02, itm=0.02, itm_max_nodes=32).items():
+        setattr(cfg.loss, k, v)
+    cfg.train.max_epochs, cfg.train.eval_every, cfg.train.patience = 7, 1, 100
+    cfg.train.threads, cfg.train.batch_size, cfg.train.run_name = 1, 256, run_name
+    cfg.validate()
+    return cfg
+
+
+def test_killed_in_process_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """An in-process IRLLRec run (EMA teacher, every text loss) dies during epoch 4's validation;
+    started again it goes on from epoch 3's state and ends exactly where an uninterrupted run
+    does: every logged loss and the test metrics equal to the last bit."""
+    raw = tmp_path / "raw"
+    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=5, n_users=150, n_items=80, n_intents=8)), str(raw))
+    clean_cfg = _resumable_cfg(tmp_path / "root", raw, "clean")
+    ingest.run(clean_cfg)
+    embed.run(clean_cfg)
+    clean = train.run(clean_cfg)
+    assert clean["resumed_at_epoch"] is None
+
+    cfg = _resumable_cfg(tmp_path / "root", raw, "killed")
+    real_split_metrics, calls = evaluate.split_metrics, []
+
+    def dies_at_fifth_validation(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # what Ctrl-C or a lost machine does to the loop
+        return real_split_metrics(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "split_metrics", dies_at_fifth_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg)
+    monkeypatch.setattr(evaluate, "split_metrics", real_split_metrics)
+    state_uri = evaluate.run_uri(cfg, "checkpoints", "state.pt")
+    assert storage.exists(state_uri) and not storage.exists(evaluate.run_uri(cfg, "metrics.json"))
+
+    other = _resumable_cfg(tmp_path / "root", raw, "killed")
+    other.loss.ia = 0.05
+    with pytest.raises(ValueError, match=r"state\.pt: saved by a run with other settings \(loss\.ia\)"):
+        train.run(other)
+
+    resumed = train.run(cfg)
+    assert resumed["resumed_at_epoch"] == 4
+    timing = {"epoch_s", "edges_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed["history"]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in clean["history"]]
+    assert resumed["test"] == clean["test"] and resumed["best_epoch"] == clean["best_epoch"]
+    assert not storage.exists(state_uri)  # finished: a new start trains from scratch
+
+
+def test_resume_accepts_only_runtime_settings_changes(tmp_path):
+    cfg = Config(run_root=str(tmp_path))
+    saved = train.StorageCheckpoints(cfg)
+    saved.save({"epoch": 3}, {})
+    cfg.train.threads, cfg.train.max_epochs, cfg.train.compile = 2, 900, True
+    assert train.StorageCheckpoints(cfg).load()["epoch"] == 3
+    cfg.train.seed, cfg.model.dim = cfg.train.seed + 1, cfg.model.dim * 2
+    with pytest.raises(ValueError, match=r"\(model\.dim, train\.seed\)"):
+        train.StorageCheckpoints(cfg).load()
