@@ -288,6 +288,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
 
     tb = TensorBoardLog(evaluate.run_uri(cfg, "tensorboard")) if lead else None
     history, best, best_state, best_teacher, bad_checks, first_epoch = [], None, None, None, 0, 0
+    last_epoch = tc.max_epochs
     state = checkpoints.load() if checkpoints is not None else None
     if state is not None:  # resume exactly where the last checkpoint left off
         model.load_state_dict(state["model"])
@@ -299,11 +300,13 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         gen.set_state(state["gen_rng"][rank])
         history, best, bad_checks, first_epoch = state["history"], state["best"], state["bad_checks"], state["epoch"]
         best_state, best_teacher = state["best_state"], state["best_teacher"]
-        t_start -= state.get("wall_s", 0.0)  # wall_s in the summary covers every segment of the run
+        t_start -= state["wall_s"]  # wall_s in the summary covers every segment of the run
         if lead:
             log.info("resumed from checkpoint at epoch %d (best %s)", first_epoch, best)
+        if early_stop(bad_checks, first_epoch, tc.patience, tc.min_epochs):
+            last_epoch = first_epoch  # it had stopped, then died before its test metrics were written
     monitor = f"recall@{cfg.eval.monitor_k}"
-    bar = tqdm(range(first_epoch, tc.max_epochs), desc="train", unit="epoch", dynamic_ncols=True,
+    bar = tqdm(range(first_epoch, last_epoch), desc="train", unit="epoch", dynamic_ncols=True,
                disable=not lead, initial=first_epoch, total=tc.max_epochs)
     for epoch in bar:
         t0 = time.time()
@@ -464,33 +467,55 @@ class StorageCheckpoints:
     one, bit for bit as if never stopped; another config is refused rather than mixed in. The file
     goes once metrics.json is written, so a finished run started again trains from scratch."""
 
-    # what only changes how fast or how long a run goes: a resumed run may set these differently
-    RUNTIME_KEYS = frozenset({"train.threads", "train.max_epochs", "train.compile"})
+    # What only changes how fast, how long or where a run goes may differ on resume. Threads and
+    # compile change float rounding: bit for bit holds only when they stay the same.
+    RUNTIME_KEYS = frozenset({"train.threads", "train.max_epochs", "train.compile", "train.ray_storage",
+                              "eval.export_top_k"})
 
     def __init__(self, cfg: Config):
         self.uri = evaluate.run_uri(cfg, "checkpoints", "state.pt")
         self.config = cfg.to_dict()
+        self.inputs = input_hashes(cfg)
 
     def load(self) -> dict | None:
         if not storage.exists(self.uri):
             return None
-        state = torch.load(io.BytesIO(storage.read_bytes(self.uri)), map_location="cpu", weights_only=True)
-        saved = _flatten(state["config"])
-        now = _flatten(self.config)
+        refuse = f"{self.uri}: %s; start over with train.resume=false"
+        try:
+            state = torch.load(io.BytesIO(storage.read_bytes(self.uri)), map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+            raise ValueError(refuse % f"not a readable training state ({type(e).__name__}: {e})") from e
+        saved, now = _flatten(state["config"]), _flatten(self.config)
         differ = sorted(k for k in saved.keys() | now.keys()
                         if k not in self.RUNTIME_KEYS and saved.get(k) != now.get(k))
         if differ:
-            raise ValueError(f"{self.uri}: saved by a run with other settings ({', '.join(differ)}); start it "
-                             "with the same settings to resume, or with train.resume=false to start over")
+            raise ValueError(refuse % f"saved by a run with other settings ({', '.join(differ)}); "
+                             "start it with those settings to resume")
+        if state.get("inputs") != self.inputs:
+            raise ValueError(refuse % f"saved on other inputs ({state.get('inputs')} then, {self.inputs} now: "
+                             "re-ingested or re-embedded since)")
         return state
 
     def save(self, state: dict | None, metrics: dict) -> None:
         buf = io.BytesIO()
-        torch.save({**state, "config": self.config}, buf)
+        torch.save({**state, "config": self.config, "inputs": self.inputs}, buf)
         storage.write_bytes(self.uri, buf.getvalue())
 
     def finished(self) -> None:
         storage.remove(self.uri)
+
+
+def input_hashes(cfg: Config) -> dict:
+    """The committed config hashes of what training reads (dataset; embeddings with text losses),
+    so a state is not resumed on data that changed under the same config."""
+    hashes = {"dataset": (storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), "train")) or {})
+              .get("config_hash")}
+    if cfg.loss.uses_text():
+        from irllrec_dist.embed import embeddings_uri
+
+        for side in ("users", "items"):
+            hashes[side] = (storage.read_manifest(embeddings_uri(cfg.run_root, side)) or {}).get("config_hash")
+    return hashes
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -4,7 +4,9 @@
 # LightGCN, RLMRec-Con, IRLLRec (seeds 2023-2025), IRLLRec without IA / TA / ITM and the
 # reference preset (seed 2023) -- and the tables (overall, by user degree).
 # A row whose metrics.json exists is skipped, and a row stopped part-way goes on from its last
-# validation (train.resume), so a stopped script resumes where it was.
+# validation (train.resume), so a stopped script resumes where it was; a row's settings (extra
+# args, THREADS aside) must then stay the same, or its training refuses to resume (the log says
+# which); train.resume=false starts such a row over. Each row's log is appended to, not replaced.
 #   JOBS=N      trainings at once (default 1), THREADS=T torch threads each (default 1)
 #   DATASET=F   the dataset preset (default configs/yelp.yaml; the tests use a tiny one)
 #   SEEDS="..." seeds of the LightGCN / RLMRec-Con / IRLLRec rows (default "2023 2024 2025")
@@ -57,7 +59,7 @@ train_row() {
   echo "$(date +%T) start $name"
   # shellcheck disable=SC2086  # $extra is zero or one key=value
   $PY -m irllrec_dist.train --config "$DATASET" --config "configs/$preset.yaml" \
-      train.run_name="$name" train.threads="$THREADS" $extra "$@" > "$ROOT/logs/$name.log" 2>&1 \
+      train.run_name="$name" train.threads="$THREADS" $extra "$@" >> "$ROOT/logs/$name.log" 2>&1 \
     && echo "$(date +%T) done $name" \
     || { echo "$(date +%T) FAILED $name (see $ROOT/logs/$name.log)"; echo "$name" >> "$ROOT/logs/failed.txt"; }
 }

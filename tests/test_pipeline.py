@@ -52,6 +52,32 @@ def test_early_stop_rule():
     assert train.early_stop(bad_checks=5, epochs_done=50, patience=5, min_epochs=50)
 
 
+def test_run_killed_after_its_early_stop_resumes_without_training_on(tmp_path, tiny_raw, monkeypatch):
+    """Between the early stop and metrics.json there is the test evaluation and the export; a run
+    that dies there and is started again must not train past the epoch it stopped at."""
+    def cfg(name):
+        return make_config(tmp_path / "root", tiny_raw, max_epochs=40, eval_every=1, patience=1, threads=1,
+                           lr=1e-7, batch_size=256, run_name=name)  # no improvement after epoch 0
+
+    ingest.run(cfg("clean"))
+    clean = train.run(cfg("clean"))
+    assert clean["epochs_run"] == 2
+    real_run = evaluate.run
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "run", dies)
+    try:
+        train.run(cfg("killed"))
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(evaluate, "run", real_run)
+    resumed = train.run(cfg("killed"))
+    assert resumed["resumed_at_epoch"] == 2 and resumed["epochs_run"] == 2
+    assert resumed["test"] == clean["test"]
+
+
 def test_min_epochs_holds_off_early_stopping(tmp_path, tiny_raw):
     # lr so small that validation never improves after epoch 0: patience 1 stops at once
     # (2 epochs), unless min_epochs holds the run until it has done that many epochs.

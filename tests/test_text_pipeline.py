@@ -208,3 +208,14 @@ def test_resume_accepts_only_runtime_settings_changes(tmp_path):
     cfg.train.seed, cfg.model.dim = cfg.train.seed + 1, cfg.model.dim * 2
     with pytest.raises(ValueError, match=r"\(model\.dim, train\.seed\)"):
         train.StorageCheckpoints(cfg).load()
+
+    # the same settings on data that changed under them (a re-ingest of edited raw files)
+    same = Config(run_root=str(tmp_path))
+    elsewhere = train.StorageCheckpoints(same)
+    elsewhere.inputs = {"dataset": "0123456789abcdef"}
+    elsewhere.save({"epoch": 3}, {})
+    with pytest.raises(ValueError, match="saved on other inputs"):
+        train.StorageCheckpoints(same).load()
+    storage.write_bytes(elsewhere.uri, b"half a file")
+    with pytest.raises(ValueError, match=r"state\.pt: not a readable training state .*train\.resume=false"):
+        train.StorageCheckpoints(same).load()
