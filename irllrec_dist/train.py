@@ -288,7 +288,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
 
     tb = TensorBoardLog(evaluate.run_uri(cfg, "tensorboard")) if lead else None
     history, best, best_state, best_teacher, bad_checks, first_epoch = [], None, None, None, 0, 0
-    last_epoch = tc.max_epochs
+    last_epoch, monitor = tc.max_epochs, f"recall@{cfg.eval.monitor_k}"
     state = checkpoints.load() if checkpoints is not None else None
     if state is not None:  # resume exactly where the last checkpoint left off
         model.load_state_dict(state["model"])
@@ -302,10 +302,10 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         best_state, best_teacher = state["best_state"], state["best_teacher"]
         t_start -= state["wall_s"]  # wall_s in the summary covers every segment of the run
         if lead:
-            log.info("resumed from checkpoint at epoch %d (best %s)", first_epoch, best)
+            log.info("resumed from checkpoint at epoch %d (best val %s %.4f at epoch %d)", first_epoch, monitor,
+                     best[monitor], best["epoch"])
         if early_stop(bad_checks, first_epoch, tc.patience, tc.min_epochs):
             last_epoch = first_epoch  # it had stopped, then died before its test metrics were written
-    monitor = f"recall@{cfg.eval.monitor_k}"
     bar = tqdm(range(first_epoch, last_epoch), desc="train", unit="epoch", dynamic_ncols=True,
                disable=not lead, initial=first_epoch, total=tc.max_epochs)
     for epoch in bar:
