@@ -467,10 +467,11 @@ class StorageCheckpoints:
     one, bit for bit as if never stopped; another config is refused rather than mixed in. The file
     goes once metrics.json is written, so a finished run started again trains from scratch."""
 
-    # What only changes how fast, how long or where a run goes may differ on resume. Threads and
-    # compile change float rounding: bit for bit holds only when they stay the same.
-    RUNTIME_KEYS = frozenset({"train.threads", "train.max_epochs", "train.compile", "train.ray_storage",
-                              "eval.export_top_k"})
+    # What only changes how fast, how long or where a run goes may differ on resume (a run cut on
+    # a GPU goes on on a CPU). Threads, compile and the device change float rounding: bit for bit
+    # holds only when they stay the same.
+    RUNTIME_KEYS = frozenset({"train.threads", "train.max_epochs", "train.compile", "train.gpus_per_worker",
+                              "train.ray_storage", "eval.export_top_k"})
 
     def __init__(self, cfg: Config):
         self.uri = evaluate.run_uri(cfg, "checkpoints", "state.pt")

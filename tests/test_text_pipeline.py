@@ -203,7 +203,7 @@ def test_resume_accepts_only_runtime_settings_changes(tmp_path):
     cfg = Config(run_root=str(tmp_path))
     saved = train.StorageCheckpoints(cfg)
     saved.save({"epoch": 3}, {})
-    cfg.train.threads, cfg.train.max_epochs, cfg.train.compile = 2, 900, True
+    cfg.train.threads, cfg.train.max_epochs, cfg.train.compile, cfg.train.gpus_per_worker = 2, 900, True, 1
     assert train.StorageCheckpoints(cfg).load()["epoch"] == 3
     cfg.train.seed, cfg.model.dim = cfg.train.seed + 1, cfg.model.dim * 2
     with pytest.raises(ValueError, match=r"\(model\.dim, train\.seed\)"):
