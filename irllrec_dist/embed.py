@@ -176,7 +176,7 @@ def _with_own_text(data: ds.Dataset, ec: EmbedConfig, ids: np.ndarray, *vectors:
 def run(cfg: Config) -> None:
     ec = cfg.embed
     data = ds.load(cfg.run_root)
-    ingest_hash = _ingest_hash(cfg.run_root)
+    ingest_hash = ds.ingest_hash(cfg.run_root)
     source = text_source(cfg)
     # Only what changes the vectors (not where they are computed).
     key = {"embed": {k: v for k, v in vars(ec).items() if k not in ("text_source", "actors", "gpus_per_actor")},
@@ -203,11 +203,7 @@ def _write(cfg: Config, chash: str, side: str, ids: np.ndarray, profile: np.ndar
     check_vectors(ids, intent, profile.shape[1], f"embeddings/{side} intent")
     storage.write_table(embeddings_uri(cfg.run_root, side), _vectors_table(ids, profile, intent, cfg.embed.model),
                         chash, meta={"stage": "embed", "model": cfg.embed.model, "dim": int(profile.shape[1]),
-                                     "dataset": _ingest_hash(cfg.run_root), **meta})
-
-
-def _ingest_hash(run_root: str) -> str:
-    return storage.read_manifest(storage.join(ds.dataset_uri(run_root), "items"))["config_hash"]
+                                     "dataset": ds.ingest_hash(cfg.run_root), **meta})
 
 
 def _embed_raw(cfg: Config, data: ds.Dataset, chash: str) -> None:
@@ -295,7 +291,7 @@ def load_text_inputs(run_root: str, n_users: int, n_items: int) -> TextInputs:
     for side, n in (("users", n_users), ("items", n_items)):
         uri = embeddings_uri(run_root, side)
         built_from = ((storage.read_manifest(uri) or {}).get("meta") or {}).get("dataset")
-        if built_from is not None and built_from != _ingest_hash(run_root):
+        if built_from is not None and built_from != ds.ingest_hash(run_root):
             # e.g. re-ingested with other cold-start entities: a user's mean could hold held-out items
             raise InputError(f"{uri}: built from another ingest of {ds.dataset_uri(run_root)} "
                              f"({built_from}); run `python -m irllrec_dist.embed` again")

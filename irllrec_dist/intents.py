@@ -354,7 +354,7 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
     """Generate what is missing; returns the report. ``after_chunk(side, k)`` runs after each commit."""
     ic = ic or cfg.intents
     data = ds.load(cfg.run_root)
-    ingest_hash = storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), "items"))["config_hash"]
+    ingest_hash = ds.ingest_hash(cfg.run_root)
     sides = _sides(data, ic)
     report: dict = {"model": ic.model, "backend": ic.backend, "sides": {}}
     owned = backend is None

@@ -509,8 +509,7 @@ class StorageCheckpoints:
 def input_hashes(cfg: Config) -> dict:
     """The committed config hashes of what training reads (dataset; embeddings with text losses),
     so a state is not resumed on data that changed under the same config."""
-    hashes = {"dataset": (storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), "train")) or {})
-              .get("config_hash")}
+    hashes = {"dataset": ds.ingest_hash(cfg.run_root)}
     if cfg.loss.uses_text():
         from irllrec_dist.embed import embeddings_uri
 

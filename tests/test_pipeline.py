@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from irllrec_dist import evaluate, ingest, storage, train
@@ -68,10 +69,8 @@ def test_run_killed_after_its_early_stop_resumes_without_training_on(tmp_path, t
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "run", dies)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         train.run(cfg("killed"))
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(evaluate, "run", real_run)
     resumed = train.run(cfg("killed"))
     assert resumed["resumed_at_epoch"] == 2 and resumed["epochs_run"] == 2

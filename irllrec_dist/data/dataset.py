@@ -25,6 +25,11 @@ def dataset_uri(run_root: str) -> str:
     return storage.join(run_root, "dataset")
 
 
+def ingest_hash(run_root: str) -> str | None:
+    """The config hash every committed table of the dataset carries (None: no dataset yet)."""
+    return (storage.read_manifest(storage.join(dataset_uri(run_root), "items")) or {}).get("config_hash")
+
+
 @dataclass
 class Dataset:
     n_users: int
