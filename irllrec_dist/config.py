@@ -182,6 +182,10 @@ class LossConfig:
     max_align_nodes: int = 2048  # batch nodes per side the alignment terms use (in-batch negatives)
     itm_max_nodes: int = 1024  # nodes per side the matching terms look at per step
     ema_momentum: float = 0.999
+    # The intent terms' (IA, TA, ITM) weights ramp linearly from 0 over the first this-many epochs:
+    # their normalised-InfoNCE gradients scale as 1/|h| and swamp BPR's while the embeddings are
+    # at init scale (a stall of 10-20 epochs otherwise; README "Yelp").
+    warmup_epochs: float = 0.0
 
     def uses_text(self) -> bool:
         return bool(self.prf or self.ia or self.ta or self.itm)
@@ -197,6 +201,7 @@ class LossConfig:
         _check(self.tau > 0 and self.ta_noise >= 0, "loss.tau must be > 0, loss.ta_noise >= 0")
         _check(0 <= self.itm_alpha <= 1 and 0 <= self.ema_momentum <= 1,
                "loss.itm_alpha and loss.ema_momentum must be in [0, 1]")
+        _check(self.warmup_epochs >= 0, "loss.warmup_epochs must be >= 0")
         _check(self.itm_max_nodes >= 2 and self.max_align_nodes >= 2,
                "loss.itm_max_nodes and loss.max_align_nodes must be >= 2")
 

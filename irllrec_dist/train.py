@@ -45,7 +45,7 @@ from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, build_csr, drop_ed
 from irllrec_dist.graph.negative_sampler import edge_keys, sample_negatives
 from irllrec_dist.model.dual_tower import TextInputs, build_model
 from irllrec_dist.model.ema import EMATeacher
-from irllrec_dist.model.objective import loss_terms, weighted_sum
+from irllrec_dist.model.objective import loss_terms, warmup_scale, weighted_sum
 from irllrec_dist.model.views import FullGraphViews, SampledViews
 from irllrec_dist.monitoring import TensorBoardLog
 from irllrec_dist.sparse_allreduce import allreduce_rows, allreduce_sparse_rows, dense_allreduce_bytes
@@ -106,8 +106,7 @@ class TrainStep(nn.Module):
                 with torch.no_grad():
                     teacher_views = SampledViews(self.teacher.module, blocks, seeds)
             touched = blocks[0].src_ids
-        terms = loss_terms(self.model, views, bu, bp, bn, self.loss_cfg, self.text, teacher_views, gen)
-        return weighted_sum(terms, self.loss_cfg), terms, touched
+        return loss_terms(self.model, views, bu, bp, bn, self.loss_cfg, self.text, teacher_views, gen), touched
 
 
 def to_device(obj, device):
@@ -167,7 +166,7 @@ class StepRunner:
     those rows; the other parameters keep Adam."""
 
     def __init__(self, step: TrainStep, lr: float, world: int, compiled: bool = False):
-        self.model, self.teacher, self.world = step.model, step.teacher, world
+        self.model, self.teacher, self.world, self.loss_cfg = step.model, step.teacher, world, step.loss_cfg
         device = step.model.user_emb.device
         self.tables = [step.model.user_emb, step.model.item_emb]
         distributed = world > 1
@@ -207,9 +206,11 @@ class StepRunner:
         for o, s in zip(self.optimizers, states):
             o.load_state_dict(s)
 
-    def __call__(self, mask, bu, bp, bn, gen, sample_key):
+    def __call__(self, mask, bu, bp, bn, gen, sample_key, intent_scale: float = 1.0):
         """-> (loss, terms, bytes DDP all-reduced, bytes of table rows exchanged) of this rank."""
-        loss, terms, touched = self.step(mask, bu, bp, bn, gen, sample_key)
+        terms, touched = self.step(mask, bu, bp, bn, gen, sample_key)
+        # Weighted outside the (possibly compiled) step: a float that changes every step would recompile it.
+        loss = weighted_sum(terms, self.loss_cfg, intent_scale)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -281,6 +282,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
     # switching those losses on does not change the graph tower's draws.
     gen = torch.Generator().manual_seed(tc.seed + 1 + rank)
     batches_per_epoch = -(-n_train // tc.batch_size)
+    warmup_steps = round(cfg.loss.warmup_epochs * batches_per_epoch)
     lead = rank == 0
     if lead:
         log.info("train: %d users, %d items, %d edges; %d worker(s), %d threads each", data.n_users,
@@ -323,8 +325,9 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             if tc.edge_keep < 1.0 and sampler is None:
                 mask = (torch.rand(n_train) < tc.edge_keep).to(torch.float32).to(device)
             bu, bp, bn = (torch.from_numpy(x).to(device) for x in (train_u[b], train_i[b], neg[b]))
-            sample_key = (tc.seed, epoch * batches_per_epoch + batch)
-            loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, sample_key)
+            step = epoch * batches_per_epoch + batch
+            intent_scale = warmup_scale(step, warmup_steps)
+            loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, (tc.seed, step), intent_scale)
             comm_bytes += dense_bytes
             row_bytes += rows_bytes
             # Summed on the device and read once per epoch: a .item() per step would stall a GPU.
@@ -342,7 +345,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             tb.scalars(epoch, {"edges_per_s_per_worker": n_train / world / epoch_s, "epoch_s": epoch_s},
                        "throughput/")
             tb.scalars(epoch, {"peak_rss_mib": peak_rss_mib()}, "memory/")
-            tb.scalars(epoch, {"lr": runner.optimizers[0].param_groups[0]["lr"]}, "optim/")
+            tb.scalars(epoch, {"lr": runner.optimizers[0].param_groups[0]["lr"], "intent_scale": intent_scale}, "optim/")
             if distributed:
                 tb.scalars(epoch, {"allreduce_bytes_per_step": record["allreduce_bytes_per_step"],
                                    "table_rows_bytes_per_step": record["table_rows_bytes_per_step"],

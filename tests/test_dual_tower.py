@@ -1,11 +1,12 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from irllrec_dist.config import Config
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.model.dual_tower import DualTower, TextInputs, build_model
-from irllrec_dist.model.objective import loss_terms, weighted_sum
+from irllrec_dist.model.objective import loss_terms, warmup_scale, weighted_sum
 from irllrec_dist.model.views import FullGraphViews
 
 EDGES = np.array([[0, 0], [0, 2], [1, 1], [2, 0], [2, 1], [2, 3], [3, 3]])
@@ -98,3 +99,15 @@ def test_weights_switch_terms_off():
     terms = loss_terms(model, FullGraphViews(model, model.propagate(*adj.matrices()), adj), torch.tensor([0, 1]),
                        torch.tensor([0, 1]), torch.tensor([3, 3]), cfg.loss, text)
     assert set(terms) == {"bpr", "reg"}
+
+
+def test_intent_warmup_scales_only_the_intent_terms():
+    assert [warmup_scale(s, 4) for s in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert warmup_scale(0, 0) == 1.0  # no warm-up
+    cfg = Config()
+    for k, v in dict(bpr=1.0, reg=0.5, prf=0.1, ia=0.2, ta=0.3, itm=0.4).items():
+        setattr(cfg.loss, k, v)
+    terms = {k: torch.tensor(v) for k, v in dict(bpr=1.0, reg=2.0, prf=2.0, ia=3.0, ta=4.0, itm=5.0).items()}
+    # 1 + 0.5*2 + 0.1*2 + 0.5 * (0.2*3 + 0.3*4 + 0.4*5) = 2.2 + 0.5 * 3.8
+    assert weighted_sum(terms, cfg.loss, 0.5).item() == pytest.approx(4.1)
+    assert weighted_sum(terms, cfg.loss).item() == pytest.approx(6.0)

@@ -149,7 +149,8 @@ def _resumable_cfg(root, raw, run_name: str) -> Config:
     cfg = Config(run_root=str(root))
     cfg.ingest.source = str(raw)
     cfg.model.intents = 8
-    for k, v in dict(prf=0.01, ia=0.02, ta=0.02, itm=0.02, itm_max_nodes=32).items():
+    # the intent terms' warm-up is still on when the run below is killed (epoch 4 of 5)
+    for k, v in dict(prf=0.01, ia=0.02, ta=0.02, itm=0.02, itm_max_nodes=32, warmup_epochs=5).items():
         setattr(cfg.loss, k, v)
     cfg.train.max_epochs, cfg.train.eval_every, cfg.train.patience = 7, 1, 100
     cfg.train.threads, cfg.train.batch_size, cfg.train.run_name = 1, 256, run_name
@@ -168,6 +169,16 @@ def test_killed_in_process_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     embed.run(clean_cfg)
     clean = train.run(clean_cfg)
     assert clean["resumed_at_epoch"] is None
+    # the logged loss is the weighted sum of the terms once the warm-up is over, and less while the
+    # intent terms are phased in
+    lc = clean_cfg.loss
+
+    def full_weight(r):
+        return sum(getattr(lc, t) * r[t] for t in ("bpr", "reg", "prf", "ia", "ta", "itm"))
+
+    assert clean["history"][6]["loss"] == pytest.approx(full_weight(clean["history"][6]), rel=1e-5)
+    intent_part = sum(getattr(lc, t) * clean["history"][0][t] for t in ("ia", "ta", "itm"))
+    assert clean["history"][0]["loss"] < full_weight(clean["history"][0]) - intent_part / 2
 
     cfg = _resumable_cfg(tmp_path / "root", raw, "killed")
     real_split_metrics, calls = evaluate.split_metrics, []

@@ -1,7 +1,8 @@
 """The training objective: every loss term of design.md §2, each switched by its weight.
 
 ``loss_terms`` returns the unweighted terms that are switched on; the trainer
-weights and sums them, and logs each one.
+weights and sums them (the intent terms scaled by ``warmup_scale`` while they
+are phased in), and logs each one.
 """
 
 from __future__ import annotations
@@ -63,5 +64,15 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
     return terms
 
 
-def weighted_sum(terms: dict[str, torch.Tensor], lc: LossConfig) -> torch.Tensor:
-    return sum(getattr(lc, name) * value for name, value in terms.items())
+INTENT_TERMS = frozenset({"ia", "ta", "itm"})
+
+
+def warmup_scale(step: int, warmup_steps: int) -> float:
+    """Multiplier of the intent terms' weights at optimiser step ``step`` (0-based): linear from 0
+    to 1 over the first ``warmup_steps`` steps, then 1."""
+    return 1.0 if step >= warmup_steps else step / warmup_steps
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], lc: LossConfig, intent_scale: float = 1.0) -> torch.Tensor:
+    return sum(getattr(lc, name) * (intent_scale if name in INTENT_TERMS else 1.0) * value
+               for name, value in terms.items())
