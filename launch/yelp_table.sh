@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Yelp results table (README "Yelp"): ingest, embed (MiniLM), the popularity and
 # text-alone rows, then every trained row with the same budget and early stopping --
-# LightGCN, RLMRec-Con, IRLLRec (seeds 2023-2025), IRLLRec without IA / TA / ITM and the
-# reference preset (seed 2023) -- and the tables (overall, by user degree).
+# LightGCN, RLMRec-Con, IRLLRec (seeds 2023-2025), IRLLRec without IA / TA / ITM, without the
+# intent warm-up, and the reference preset (seed 2023) -- and the tables (overall, by user degree).
 # A row whose metrics.json exists is skipped, and a row stopped part-way goes on from its last
 # validation (train.resume), so a stopped script resumes where it was; a row's settings (extra
 # args, THREADS aside) must then stay the same, or its training refuses to resume (the log says
@@ -31,7 +31,8 @@ for s in ${SEEDS:-2023 2024 2025}; do
   for p in lightgcn rlmrec_con irllrec; do rows+=("$p-s$s|$p|train.seed=$s"); done
 done
 rows+=("irllrec_no_ia-s2023|irllrec|loss.ia=0" "irllrec_no_ta-s2023|irllrec|loss.ta=0"
-       "irllrec_no_itm-s2023|irllrec|loss.itm=0" "irllrec_reference-s2023|irllrec_reference|")
+       "irllrec_no_itm-s2023|irllrec|loss.itm=0" "irllrec_no_warmup-s2023|irllrec|loss.warmup_epochs=0"
+       "irllrec_reference-s2023|irllrec_reference|")
 if [ -n "${ROWS:-}" ]; then
   chosen=()
   for want in $ROWS; do

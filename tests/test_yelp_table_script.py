@@ -11,7 +11,7 @@ from irllrec_dist.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [f"{p}-s{s}" for s in (2023, 2024) for p in ("lightgcn", "rlmrec_con", "irllrec")] + \
-    [f"irllrec_{r}-s2023" for r in ("no_ia", "no_ta", "no_itm", "reference")]
+    [f"irllrec_{r}-s2023" for r in ("no_ia", "no_ta", "no_itm", "no_warmup", "reference")]
 
 
 def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
@@ -28,7 +28,7 @@ def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
         assert (tmp_path / "root" / "runs" / name / "metrics.json").exists(), name
     table = out.stdout
     for group, n in [("lightgcn", 2), ("rlmrec_con", 2), ("irllrec", 2), ("irllrec_no_ia", 1),
-                     ("irllrec_no_ta", 1), ("irllrec_no_itm", 1), ("irllrec_reference", 1), ("popularity", 1)]:
+                     ("irllrec_no_ta", 1), ("irllrec_no_itm", 1), ("irllrec_no_warmup", 1), ("irllrec_reference", 1), ("popularity", 1)]:
         assert f"| {group} | {n} |" in table, (group, table)
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("skip ") == len(ROWS), again.stdout[-2000:]
