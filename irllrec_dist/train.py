@@ -66,13 +66,14 @@ def load_text(cfg: Config, data: ds.Dataset) -> TextInputs | None:
 
 
 class TrainStep(nn.Module):
-    """One step's forward: propagation and every loss term, so that DistributedDataParallel
-    sees the whole computation behind ``loss.backward()`` as one forward call.
+    """One step's forward: propagation and every loss term (unweighted; ``StepRunner`` weighs
+    them), so that DistributedDataParallel sees the whole computation behind ``loss.backward()``
+    as one forward call.
 
     Full graph (``sampler`` None): propagate over the whole graph with the edge-dropout
     ``mask``. Sampled: blocks for the batch's users and items, edges dropped per block, both
     drawn from counter-based uniforms of ``sample_key`` = (seed, global step), so that a node's
-    sample is the same on whichever rank draws it; the third output is then the global node
+    sample is the same on whichever rank draws it; the second output is then the global node
     ids whose embedding rows got gradient."""
 
     EMBEDDING_TABLES = ("model.user_emb", "model.item_emb")
@@ -490,6 +491,8 @@ class StorageCheckpoints:
         except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
             raise ValueError(refuse % f"not a readable training state ({type(e).__name__}: {e})") from e
         saved, now = _flatten(state["config"]), _flatten(self.config)
+        # A key the saving code did not have yet ran at its default (e.g. loss.warmup_epochs = 0).
+        saved = {**{k: v for k, v in _flatten(Config().to_dict()).items() if k not in saved}, **saved}
         differ = sorted(k for k in saved.keys() | now.keys()
                         if k not in self.RUNTIME_KEYS and saved.get(k) != now.get(k))
         if differ:

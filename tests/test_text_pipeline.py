@@ -220,6 +220,16 @@ def test_resume_accepts_only_runtime_settings_changes(tmp_path):
     with pytest.raises(ValueError, match=r"\(model\.dim, train\.seed\)"):
         train.StorageCheckpoints(cfg).load()
 
+    # a state saved before a config key existed ran with that key's default
+    older = Config(run_root=str(tmp_path))
+    saved = train.StorageCheckpoints(older)
+    del saved.config["loss"]["warmup_epochs"]
+    saved.save({"epoch": 3}, {})
+    assert train.StorageCheckpoints(older).load()["epoch"] == 3
+    older.loss.warmup_epochs = 20
+    with pytest.raises(ValueError, match=r"\(loss\.warmup_epochs\)"):
+        train.StorageCheckpoints(older).load()
+
     # the same settings on data that changed under them (a re-ingest of edited raw files)
     same = Config(run_root=str(tmp_path))
     elsewhere = train.StorageCheckpoints(same)
