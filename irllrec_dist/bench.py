@@ -46,6 +46,7 @@ Timings on a shared machine are noisy; compare numbers from the same run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -426,16 +427,14 @@ def _train_worker(rank: int, world: int, port: int, graph_path: str, opts: dict,
     import torch.distributed as dist
 
     from irllrec_dist.config import Config
+    from irllrec_dist.gloo_group import loopback_gloo_group
     from irllrec_dist.graph.adjacency import build_adjacency
     from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, make_sampler
     from irllrec_dist.model.dual_tower import build_model
     from irllrec_dist.train import StepRunner, TrainStep
 
     torch.set_num_threads(opts["threads"])
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with loopback_gloo_group(rank, world, port) if world > 1 else contextlib.nullcontext():
         z = np.load(graph_path)
         csr = BipartiteCSR(int(z["n_users"]), int(z["n_items"]), torch.from_numpy(z["indptr"]),
                            torch.from_numpy(z["indices"]))
@@ -477,21 +476,12 @@ def _train_worker(rank: int, world: int, port: int, graph_path: str, opts: dict,
                   "dense_tables_bytes_per_step": sum(t.numel() * t.element_size() for t in runner.tables)
                   if world > 1 else 0, "peak_rss_mib": _rss_mib()[1]}
         pathlib.Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_train(args) -> dict:
     import torch.multiprocessing as mp
+
+    from irllrec_dist.gloo_group import free_port
 
     if not args.graph_cache:
         raise SystemExit("bench train: --graph-cache must name a folder (the workers load the graph from it)")
@@ -515,7 +505,7 @@ def run_train(args) -> dict:
             opts["tables"] = table_kind
             with tempfile.TemporaryDirectory() as out_dir:
                 t0 = time.perf_counter()
-                ctx = mp.spawn(_train_worker, args=(world, _free_port(), str(path), opts, out_dir), nprocs=world,
+                ctx = mp.spawn(_train_worker, args=(world, free_port(), str(path), opts, out_dir), nprocs=world,
                                join=False)
                 while not ctx.join(timeout=5):
                     if time.perf_counter() - t0 > args.timeout:

@@ -1,7 +1,5 @@
-import contextlib
 import os
 import pathlib
-import socket
 
 import pytest
 
@@ -64,25 +62,6 @@ def tiny_llama(tmp_path_factory):
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(str(out))
     return str(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def gloo_group(rank: int, world: int, port: int):
-    """This process as ``rank`` of a real gloo process group on loopback (for mp.spawn workers)."""
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def random_ranking_problem(nu: int, ni: int, test_density: float):

@@ -5,9 +5,10 @@ import os
 import numpy as np
 import torch.multiprocessing as mp
 
+from irllrec_dist.gloo_group import free_port, loopback_gloo_group
 from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded
 
-from conftest import free_port, gloo_group, random_ranking_problem
+from conftest import random_ranking_problem
 
 KS = (5, 10, 20)
 
@@ -17,7 +18,7 @@ def _problem():
 
 
 def _worker(rank, world, port, out_dir):
-    with gloo_group(rank, world, port):
+    with loopback_gloo_group(rank, world, port):
         u, i, test, train = _problem()
         res = evaluate_ranking_sharded(u, i, test, train, KS, 7 * 60, rank, world)
         np.save(os.path.join(out_dir, f"r{rank}.npy"), np.array([res[k] for k in sorted(res)]))

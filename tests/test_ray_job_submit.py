@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,14 +11,9 @@ from pathlib import Path
 
 from irllrec_dist.config import SyntheticConfig
 from irllrec_dist.data import synthetic
+from irllrec_dist.gloo_group import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_job_submit_runs_training(tmp_path):
@@ -30,7 +24,7 @@ def test_ray_job_submit_runs_training(tmp_path):
                RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2", TQDM_DISABLE="1", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     # Ray's socket paths live under --temp-dir and must stay under 107 bytes: keep it short.
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from irllrec_dist.gloo_group import free_port
 from s3_server import seaweedfs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,12 +140,6 @@ def test_no_credentials_in_any_object(s3_run):
             assert s.decode() not in stream, "pipeline output contains a credential"
 
 
-def socket_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_events(folder: Path, tag: str, values: list[float]) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -165,7 +159,7 @@ def test_tensorboard_reads_run_root_on_s3(s3_run, tmp_path):
     fs = server.filesystem()
     fs.put(str(event_file), f"{RUN}/runs/tb-check/{event_file.name}")
 
-    port = socket_free_port()
+    port = free_port()
     env = dict(os.environ, **server.env, TB_HOST="127.0.0.1", TB_PORT=str(port))
     env.pop("FSSPEC_S3", None)
     proc = subprocess.Popen(["bash", "launch/tensorboard.sh", f"s3://{RUN}", "--reload_interval", "1"],

@@ -9,11 +9,10 @@ import torch
 import torch.multiprocessing as mp
 
 from irllrec_dist.config import Config
+from irllrec_dist.gloo_group import free_port, loopback_gloo_group
 from irllrec_dist.graph.neighbor_sampler import build_csr, make_sampler
 from irllrec_dist.model.dual_tower import build_model
 from irllrec_dist.train import StepRunner, TrainStep
-
-from conftest import free_port, gloo_group
 
 NU, NI, STEPS, BATCH = 120, 80, 6, 64
 
@@ -51,7 +50,7 @@ def _train(rank: int, world: int, sparse: bool = False, key_offset: int = 0) -> 
 
 def _worker(rank, world, port, out_dir, sparse):
     torch.set_num_threads(1)
-    with gloo_group(rank, world, port):
+    with loopback_gloo_group(rank, world, port):
         np.savez(os.path.join(out_dir, f"r{rank}.npz"), **_train(rank, world, sparse))
 
 

@@ -7,9 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from irllrec_dist.gloo_group import free_port, loopback_gloo_group
 from irllrec_dist.sparse_allreduce import allreduce_rows, allreduce_sparse_rows, dense_allreduce_bytes
-
-from conftest import free_port, gloo_group
 
 N, D = 50, 4
 
@@ -25,7 +24,7 @@ def _rank_grad(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank, world, port, out_dir):
-    with gloo_group(rank, world, port):
+    with loopback_gloo_group(rank, world, port):
         grad, rows = _rank_grad(rank)
         dense = grad.clone()
         dist.all_reduce(dense)
@@ -51,7 +50,7 @@ def test_touched_rows_equal_dense_allreduce(tmp_path):
 
 
 def _sparse_worker(rank, world, port, out_dir):
-    with gloo_group(rank, world, port):
+    with loopback_gloo_group(rank, world, port):
         g = torch.Generator().manual_seed(200 + rank)
         rows = torch.randint(0, N, (9 + 4 * rank,), generator=g)  # duplicates: an uncoalesced gradient
         grad = torch.sparse_coo_tensor(rows.unsqueeze(0), torch.randn(len(rows), D, generator=g), (N, D))
