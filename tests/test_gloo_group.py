@@ -1,7 +1,6 @@
 """The loopback gloo group the benchmark's workers and the multi-rank tests run in."""
 
 import json
-import os
 import pathlib
 
 import pytest
