@@ -48,7 +48,7 @@ def run(cfg: Config, force: bool = False) -> dict:
     out = ds.dataset_uri(cfg.run_root)
     if not force and ds.is_committed(cfg.run_root, chash):
         log.info("dataset at %s is up to date (config hash %s); skipping", out, chash)
-        return storage.read_json(storage.join(out, "_report.json"))
+        return ds.report(cfg.run_root)
 
     t0 = time.time()
     raw = READERS[ic.format](ic.source)
@@ -58,19 +58,17 @@ def run(cfg: Config, force: bool = False) -> dict:
         tables, report["cold"] = hold_out_cold(tables, ic.cold_users, ic.cold_items, ic.cold_seed)
         for s in SPLITS:  # what is left for training and the warm evaluation
             report["splits"][s]["edges_after_cold_start"] = int(tables[s].num_rows)
-    cold_tables = [name for name in ds.COLD_TABLES if name in tables]
-    for name in ds.COLD_TABLES:
-        if name not in tables:  # a cold split of an earlier ingest is not this dataset's
-            storage.remove(storage.join(out, name))
-    # The required tables record which cold tables belong to them: the dataset counts as
-    # committed only when all of them carry this hash (ds.is_committed), whatever the order.
-    for name in tables:
-        storage.write_table(storage.join(out, name), tables[name], chash,
-                            meta={"stage": "ingest", "format": ic.format, "source": ic.source,
-                                  "cold_tables": cold_tables},
-                            rows_per_shard=ic.rows_per_shard)
     report.update(config_hash=chash, seconds=round(time.time() - t0, 2))
-    storage.write_json(storage.join(out, "_report.json"), report)
+    # One commit for every table and the report: a kill anywhere before it leaves the
+    # previous dataset (or none); a cold split of an earlier ingest is simply not named.
+    writer = storage.GroupWriter(out, chash, rows_per_shard=ic.rows_per_shard)
+    try:
+        for name in tables:
+            writer.write(name, tables[name])
+        writer.commit(meta={"stage": "ingest", "format": ic.format, "source": ic.source, "report": report})
+    except BaseException:
+        writer.abort()
+        raise
     log.info("ingested %d users, %d items, %s edges in %.1fs -> %s", report["n_users"], report["n_items"],
              {s: v.get("edges_after_cold_start", v["edges"]) for s, v in report["splits"].items()},
              report["seconds"], out)
@@ -85,16 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--force", action="store_true", help="re-ingest even if up to date")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_config(args.config, args.overrides)
-    try:
-        report = run(cfg, force=args.force)
-    except InputError as e:
-        print(f"ingest: bad input: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
+    from irllrec_dist.cli import run_main
+
+    def body(args) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        report = run(load_config(args.config, args.overrides), force=args.force)
+        print(json.dumps(report, indent=1))
+        return 0
+
+    return run_main("ingest", parser, body, argv)  # bad input, config or storage: one line, exit code 2
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ profile the model did write, if any, else the first two sentences of the source
 text (for a user: of each of their first three prompt items); intents = the
 intents the model did write, if any, else ``[]``. The parse-success rate
 (first attempt and final) is logged and stored in the side manifest's ``meta``
-and in ``intents/_report.json``.
+(``read_report`` gathers both sides' into the stage's report).
 """
 
 from __future__ import annotations
@@ -324,29 +324,26 @@ def _summarise(side: str, stats: list[dict], seconds: float, new_tokens: int, ne
 
 
 def _commit_side(run_root: str, side: str, chunk_hashes: list[str], side_hash: str, meta: dict) -> None:
-    uri = side_uri(run_root, side)
-    shards, num_rows = [], 0
+    """The side's manifest names the shards of its committed chunks (one atomic commit)."""
+    parts = {}
     for k, h in enumerate(chunk_hashes):
         m = storage.read_manifest(chunk_uri(run_root, side, k))
         if m is None or m["config_hash"] != h:
             raise storage.CorruptOutput(f"{chunk_uri(run_root, side, k)}: chunk not committed with hash {h}")
-        for s in m["shards"]:
-            shards.append({"path": f"chunk-{k:05d}/{s['path']}", "num_rows": s["num_rows"]})
-        num_rows += m["num_rows"]
-    manifest = {
-        "format_version": storage.FORMAT_VERSION, "shards": shards, "num_rows": num_rows,
-        "schema": SCHEMA.to_string(show_schema_metadata=False),
-        "schema_ipc": SCHEMA.serialize().to_pybytes().hex(), "config_hash": side_hash, "meta": meta,
-        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    storage.write_json(storage.join(uri, storage.MANIFEST), manifest)
-    # chunk folders left over from an earlier chunking are no longer listed: remove them
-    fs, path = storage.filesystem(uri)
-    keep = {f"chunk-{k:05d}" for k in range(len(chunk_hashes))}
-    for entry in fs.ls(path, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("chunk-") and name not in keep:
-            fs.rm(entry, recursive=True)
+        parts[f"chunk-{k:05d}"] = m
+    storage.commit_union(side_uri(run_root, side), parts, side_hash, meta)
+    # chunks of an earlier chunking are no longer named: removed once no writer touched them for a lease
+    storage.remove_stale_outputs(side_uri(run_root, side), set(parts))
+
+
+def read_report(run_root: str) -> dict:
+    """The committed sides' summaries (what ``run`` returned), read from their manifests."""
+    sides = {}
+    for side in ("items", "users"):
+        m = storage.read_manifest(side_uri(run_root, side))
+        if m is not None:
+            sides[side] = m["meta"]
+    return {"sides": sides}
 
 
 def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = None,
@@ -377,8 +374,7 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
                 report["sides"][name] = m["meta"]
                 continue
             if m is not None:  # stale: make the side absent before any chunk is replaced
-                fs, path = storage.filesystem(uri)
-                fs.rm(f"{path}/{storage.MANIFEST}")
+                storage.remove(storage.join(uri, storage.MANIFEST))
             todo = [k for k, h in enumerate(hashes)
                     if not storage.is_complete(chunk_uri(cfg.run_root, name, k), h)]
             log.info("intents/%s: %d entities in %d chunks, %d to generate (%d chunks already committed); "
@@ -428,23 +424,21 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
     finally:
         if owned and backend is not None:
             backend.close()
-    storage.write_json(storage.join(cfg.run_root, "intents", "_report.json"), report)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg, ic = load_configs(args.config, args.overrides)
-        report = run(cfg, ic)
-    except (ConfigError, InputError) as e:
-        print(f"intents: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
+    from irllrec_dist.cli import run_main
+
+    def body(args) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        report = run(*load_configs(args.config, args.overrides))
+        print(json.dumps(report, indent=1))
+        return 0
+
+    return run_main("intents", parser, body, argv)  # bad input, config or storage: one line, exit code 2
 
 
 if __name__ == "__main__":

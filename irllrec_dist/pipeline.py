@@ -18,6 +18,7 @@ import sys
 import time
 
 from irllrec_dist import embed, evaluate, ingest, intents, storage, train
+from irllrec_dist.cli import run_main
 from irllrec_dist.config import Config, add_config_args, load_config
 from irllrec_dist.data import synthetic
 
@@ -73,7 +74,10 @@ def sample_intents(cfg: Config, n: int = 3) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    args = parser.parse_args(argv)
+    return run_main("pipeline", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.config, args.overrides)
     t0 = time.time()
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         cold = "".join(f"   {c} R@20 {row[c]['recall@20']:.4f}" for c in ("cold_users", "cold_items") if c in row)
         print(f"reference, {name}: test R@20 {row['test']['recall@20']:.4f}  N@20 {row['test']['ndcg@20']:.4f}{cold}")
     if cfg.intents.enabled:
-        report = storage.read_json(storage.join(cfg.run_root, "intents", "_report.json"))
+        report = intents.read_report(cfg.run_root)
         for side, rep in report["sides"].items():
             print(f"intents/{side}: {rep['entities']} described by {cfg.intents.model}, parse success "
                   f"{100 * rep['parse_success_rate_first']:.0f}% first try, {100 * rep['parse_success_rate_final']:.0f}% "

@@ -152,14 +152,14 @@ def test_cold_start_ingest_embed_train_fused_evaluate_report(tmp_path, capsys):
     ingest.run(cfg)
     assert np.array_equal(ds.load(cfg.run_root).cold_items, data.cold_items)
 
-    # the same root ingested without cold start: the cold splits are gone, not left behind, and
-    # the old embeddings (a cold user's vector, users' item means) are refused until embed re-runs
+    # the same root ingested without cold start: the cold splits are no longer part of the dataset,
+    # and the old embeddings (a cold user's vector, users' item means) are refused until embed re-runs
     cfg.ingest.cold_users = cfg.ingest.cold_items = 0.0
     ingest.run(cfg)
     data = ds.load(cfg.run_root)
     assert len(data.cold_users) == len(data.cold_items) == 0
     for name in ds.COLD_TABLES:
-        assert not storage.exists(storage.join(ds.dataset_uri(cfg.run_root), name))
+        assert storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), name)) is None
     with pytest.raises(InputError, match="another ingest"):
         embed.load_text_inputs(cfg.run_root, data.n_users, data.n_items)
     embed.run(cfg)

@@ -198,7 +198,7 @@ def test_ray_actors_give_what_one_process_gives(small_root, tiny_llama, tmp_path
         assert len(one) > 8 and one == two  # several chunks, identical rows
 
 
-def test_retries_fallback_kill_and_resume(small_root, tmp_path):
+def test_retries_fallback_kill_and_resume(small_root, tmp_path, monkeypatch):
     import shutil
 
     root = tmp_path / "root"
@@ -256,13 +256,15 @@ def test_retries_fallback_kill_and_resume(small_root, tmp_path):
     # re-asks sample (a greedy re-ask would repeat itself)
     temps = {t for _, t in first.calls + second.calls}
     assert temps == {ic.temperature, ic.retry_temperature}
-    saved = storage.read_json(storage.join(str(root), "intents", "_report.json"))
+    saved = intents.read_report(str(root))
     assert saved["sides"]["items"]["entities"] == n_items
 
     # a rerun with the same config generates nothing
     intents.run(cfg, ic, backend=ExplodingBackend())
 
     # a changed generation setting regenerates everything; a changed chunking leaves no stale chunk
+    # once nothing touched it for a lease (0 s here: no other writer)
+    monkeypatch.setenv("IRLLREC_ATTEMPT_LEASE_S", "0")
     third = ScriptedBackend()
     intents.run(cfg, _ic(max_intents=3, chunk_size=20), backend=third)
     assert sum(t == ic.temperature for _, t in third.calls) == n_items + n_users

@@ -53,11 +53,12 @@ def s3_run(tiny_llama):
 def test_outputs_committed_on_s3(s3_run):
     server, _ = s3_run
     fs = server.filesystem()
+    assert fs.exists(f"{RUN}/dataset/_group.json"), "no manifest for the dataset on S3"
+    group = json.loads(fs.cat(f"{RUN}/dataset/_group.json"))  # every table and the report, one commit
+    assert set(TABLES) <= set(group["tables"]) and group["meta"]["report"]["n_users"] > 0
     for t in TABLES:
-        assert fs.exists(f"{RUN}/dataset/{t}/_manifest.json"), f"no manifest for dataset/{t} on S3"
-        m = json.loads(fs.cat(f"{RUN}/dataset/{t}/_manifest.json"))
-        for shard in m["shards"]:
-            assert fs.exists(f"{RUN}/dataset/{t}/{shard['path']}"), f"dataset/{t}: missing {shard['path']}"
+        for shard in group["tables"][t]["shards"]:
+            assert fs.info(f"{RUN}/dataset/{shard['path']}")["size"] == shard["bytes"], f"missing {shard['path']}"
     run = f"{RUN}/runs/{RUN_NAME}"
     metrics = json.loads(fs.cat(f"{run}/metrics.json"))
     assert metrics["epochs_run"] >= 1 and "recall@20" in metrics["test"]
@@ -77,7 +78,7 @@ def test_intents_and_embeddings_on_s3(s3_run):
     """The LLM stage's chunks and the embeddings built from them are committed on S3."""
     server, _ = s3_run
     from irllrec_dist import storage
-    from irllrec_dist.intents import read_intents
+    from irllrec_dist.intents import read_intents, read_report
 
     root = f"s3://{RUN}"
     data_items = storage.read_table(storage.join(root, "dataset", "items"))
@@ -91,7 +92,7 @@ def test_intents_and_embeddings_on_s3(s3_run):
         assert meta["text_source"] == "intents" and meta["from_llm"] == len(ids)
         assert emb.column("profile").type.list_size == 384
     assert read_intents(root, "items").num_rows == data_items.num_rows  # every synthetic item has text
-    assert storage.read_json(storage.join(root, "intents", "_report.json"))["sides"]["items"]
+    assert read_report(root)["sides"]["items"]["entities"] == data_items.num_rows
     history = storage.read_json(storage.join(root, "runs", RUN_NAME, "metrics.json"))["history"]
     assert {"prf", "ia", "ta", "itm"} <= set(history[-1])  # the text tower trained on those vectors
 

@@ -44,13 +44,19 @@ def test_failed_writer_leaves_nothing(tmp_path):
     assert storage.read_manifest(uri) is None
 
 
-def test_recommit_removes_old_attempts(tmp_path):
+def test_recommit_removes_old_attempts_once_their_lease_is_over(tmp_path, monkeypatch):
     uri = str(tmp_path / "t")
-    storage.write_table(uri, _table(3), "h1")
+
+    def attempts():
+        return sorted(p.name for p in (tmp_path / "t").iterdir() if p.name.startswith("attempt-"))
+
+    first = storage.write_table(uri, _table(3), "h1")["attempt"]
     storage.write_table(uri, _table(5), "h2")
-    attempts = [p for p in (tmp_path / "t").iterdir() if p.name.startswith("attempt-")]
-    assert len(attempts) == 1
-    assert storage.read_table(uri).num_rows == 5
+    assert first in attempts() and len(attempts()) == 2  # superseded, but inside its lease: kept
+    monkeypatch.setenv("IRLLREC_ATTEMPT_LEASE_S", "0")
+    last = storage.write_table(uri, _table(4), "h3")["attempt"]
+    assert attempts() == [last]  # unreferenced and past the lease: removed
+    assert storage.read_table(uri).num_rows == 4
 
 
 def test_corrupt_shard_is_named(tmp_path):
@@ -58,7 +64,7 @@ def test_corrupt_shard_is_named(tmp_path):
     m = storage.write_table(uri, _table(), "h")
     shard = tmp_path / "t" / m["shards"][0]["path"]
     shard.write_bytes(b"not parquet at all")
-    with pytest.raises(storage.CorruptOutput, match=r"part-00000\.parquet: unreadable Parquet shard"):
+    with pytest.raises(storage.CorruptOutput, match=r"part-00000\.parquet: 18 bytes, manifest promises \d+"):
         storage.read_table(uri)
 
 
@@ -67,9 +73,9 @@ def test_row_count_mismatch_is_caught(tmp_path):
     storage.write_table(uri, _table(), "h")
     mpath = tmp_path / "t" / "_manifest.json"
     m = json.loads(mpath.read_text())
-    m["shards"][0]["num_rows"] = 11
+    m["shards"][0]["num_rows"] = m["num_rows"] = 11
     mpath.write_text(json.dumps(m))
-    with pytest.raises(storage.CorruptOutput, match="manifest promises 11"):
+    with pytest.raises(storage.CorruptOutput, match="10 rows, manifest promises 11"):
         storage.read_table(uri)
 
 

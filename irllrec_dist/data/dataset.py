@@ -1,11 +1,10 @@
 """The canonical dataset on a run root: ``<root>/dataset/{users,items,train,val,test}``.
 
-Each table is a manifest-committed output; ``_report.json`` (ingest's counts)
-is written after all five, and the dataset counts as present only when every
-table is committed with the same config hash. Optional edge tables
-``cold_users`` / ``cold_items`` (ingest.cold_users / cold_items) hold the
-held-out cold-start entities' edges; one belongs to the dataset only when its
-config hash is the others'.
+The tables and ingest's report are committed together by one group manifest
+(``dataset/_group.json``, see ``storage.GroupWriter``): a dataset is there
+whole or not at all. Optional edge tables ``cold_users`` / ``cold_items``
+(ingest.cold_users / cold_items) hold the held-out cold-start entities' edges;
+they belong to the dataset exactly when its manifest names them.
 """
 
 from __future__ import annotations
@@ -26,8 +25,16 @@ def dataset_uri(run_root: str) -> str:
 
 
 def ingest_hash(run_root: str) -> str | None:
-    """The config hash every committed table of the dataset carries (None: no dataset yet)."""
-    return (storage.read_manifest(storage.join(dataset_uri(run_root), "items")) or {}).get("config_hash")
+    """The config hash of the committed dataset (None: no dataset yet)."""
+    return (storage.read_group(dataset_uri(run_root)) or {}).get("config_hash")
+
+
+def report(run_root: str) -> dict:
+    """Ingest's report, committed with the tables it describes."""
+    group = storage.read_group(dataset_uri(run_root))
+    if group is None:
+        raise storage.OutputMissing(f"{dataset_uri(run_root)}: no committed dataset; run ingest first")
+    return group["meta"]["report"]
 
 
 @dataclass
@@ -50,43 +57,28 @@ class Dataset:
                              shape=(self.n_users, self.n_items))
 
 
-def _expected_cold(manifest: dict) -> list[str]:
-    """The cold tables an ingest wrote, as recorded in its required tables' manifests."""
-    return list((manifest.get("meta") or {}).get("cold_tables", []))
-
-
 def is_committed(run_root: str, chash: str | None = None) -> bool:
-    """Every required table, and every cold table the ingest recorded, committed with one hash."""
-    base = dataset_uri(run_root)
-    hashes, manifests = set(), []
-    for t in TABLES:
-        m = storage.read_manifest(storage.join(base, t))
-        if m is None:
-            return False
-        hashes.add(m["config_hash"])
-        manifests.append(m)
-    for name in _expected_cold(manifests[0]):
-        m = storage.read_manifest(storage.join(base, name))
-        if m is None:
-            return False
-        hashes.add(m["config_hash"])
-    return len(hashes) == 1 and (chash is None or hashes == {chash})
+    """The dataset is committed whole (every table and the report in one manifest, every shard
+    there), with this hash if given."""
+    try:
+        group = storage.read_group(dataset_uri(run_root))
+    except storage.CorruptOutput:
+        return False  # unreadable: not a dataset to skip over; ingest rewrites it
+    return (group is not None and all(t in group["tables"] for t in TABLES)
+            and (chash is None or group["config_hash"] == chash)
+            and not storage.missing_shards(dataset_uri(run_root), group))
 
 
 def load(run_root: str) -> Dataset:
     base = dataset_uri(run_root)
-    tables = {t: storage.read_table(storage.join(base, t)) for t in TABLES}
-    manifests = {t: storage.read_manifest(storage.join(base, t)) for t in TABLES}
-    hashes = {m["config_hash"] for m in manifests.values()}
-    if len(hashes) != 1:
-        raise storage.CorruptOutput(f"{base}: tables come from different ingests (config hashes {hashes})")
-    for name in _expected_cold(manifests["users"]):
-        uri = storage.join(base, name)
-        m = storage.read_manifest(uri)
-        if m is None or m["config_hash"] not in hashes:
-            raise storage.CorruptOutput(f"{uri}: the ingest that wrote {base} held out a {name} split, "
-                                        "but it is missing or from another ingest; re-run ingest")
-        tables[name] = storage.read_table(uri)
+    group = storage.read_group(base)
+    if group is None:
+        raise storage.OutputMissing(f"{base}: no {storage.GROUP_MANIFEST} (dataset absent or never committed); "
+                                    "run ingest first")
+    missing = [t for t in TABLES if t not in group["tables"]]
+    if missing:
+        raise storage.CorruptOutput(f"{storage.join(base, storage.GROUP_MANIFEST)}: no table(s) {missing}")
+    tables = {t: storage.read_table(storage.join(base, t)) for t in group["tables"]}
 
     def edges(name: str) -> np.ndarray:
         t = tables[name]
