@@ -59,6 +59,8 @@ import time
 
 import numpy as np
 
+from irllrec_dist.cli import add_debug_arg, run_main
+
 # graph presets: (n_users, n_items, mean_degree); train edges ~ 0.8 * n_users * mean_degree
 SIZES: dict[str, tuple[int, int, float]] = {
     "tiny": (2_000, 1_000, 19.0),  # ~30k edges, for smoke tests
@@ -831,14 +833,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, add_args, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         add_args(p)
+        add_debug_arg(p, default=argparse.SUPPRESS)  # `bench step --debug` as well as `bench --debug step`
         p.set_defaults(_run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args._run(args)
-    return 0
+    def body(args: argparse.Namespace) -> int:
+        args._run(args)
+        return 0
+
+    return run_main("bench", build_parser(), body, argv)
 
 
 if __name__ == "__main__":

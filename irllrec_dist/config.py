@@ -9,6 +9,7 @@ dotted name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -246,6 +247,7 @@ class TrainConfig:
     resume: bool = True
 
     def validate(self) -> None:
+        check_path_component("train.run_name", self.run_name, "names the folder runs/<run_name> under the run root")
         _check(self.max_epochs >= 1 and self.batch_size >= 1, "train.max_epochs/batch_size must be >= 1")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.edge_keep <= 1, "train.edge_keep must be in (0, 1]")
@@ -319,8 +321,31 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+MAX_PATH_COMPONENT = 128
+
+
+def check_path_component(key: str, value: str, what: str) -> None:
+    """A config value that becomes ONE folder name (``train.run_name``): 1-128 characters of
+    [A-Za-z0-9._-], not starting with '.', no '..' -- so it can neither leave its parent folder
+    (``..``, ``/``, ``\\``), hide (``.x``), nor mean different things on different stores."""
+    rule = (f"it {what}, so it must be 1-{MAX_PATH_COMPONENT} characters of A-Z a-z 0-9 . _ -, "
+            "not start with '.' and not contain '..'")
+    if not value:
+        raise ConfigError(f"{key} is empty: {rule}")
+    bad = sorted({c for c in value if not _PATH_COMPONENT.fullmatch(c)})
+    if bad:
+        raise ConfigError(f"{key}={value!r} contains {''.join(bad)!r}: {rule}")
+    if value.startswith(".") or ".." in value:
+        raise ConfigError(f"{key}={value!r} starts with '.' or contains '..': {rule}")
+    if len(value) > MAX_PATH_COMPONENT:
+        raise ConfigError(f"{key} is {len(value)} characters long: {rule}")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if value is None:  # YAML null (`key:`, `~`): no key takes it (str(None) would be the name "None")
+        raise ConfigError(f"{key}: expected a value, got null (YAML `~`, `null` or nothing after the colon)")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -334,7 +359,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -371,6 +403,12 @@ def _read_preset(path: str) -> dict:
             data = yaml.safe_load(f) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
     merged: dict = {}
@@ -383,7 +421,13 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") \
+            from e
+    if not key.strip() or any(not p for p in key.strip().split(".")):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -412,6 +456,24 @@ def config_from_dict(data: dict) -> Config:
     cfg = _build(Config, data)
     cfg.validate()
     return cfg
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"seed": 1}} -> {"train.seed": 1}"""
+    flat = {}
+    for k, v in tree.items():
+        flat.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def config_differences(saved: dict, now: dict, free=lambda key: False) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every dotted key whose values differ between two
+    ``Config.to_dict()`` trees, except keys ``free(key)`` lets differ. A key the saved tree lacks
+    (written by code that did not have it yet) ran at its default."""
+    saved, now = flatten(saved), flatten(now)
+    saved = {**{k: v for k, v in flatten(Config().to_dict()).items() if k not in saved}, **saved}
+    return [(k, saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
+            if not free(k) and saved.get(k) != now.get(k)]
 
 
 def add_config_args(parser) -> None:

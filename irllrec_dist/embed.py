@@ -321,10 +321,14 @@ def load_text_inputs(run_root: str, n_users: int, n_items: int) -> TextInputs:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_config(args.config, args.overrides))
-    return 0
+    from irllrec_dist.cli import run_main
+
+    def body(args) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        run(load_config(args.config, args.overrides))
+        return 0
+
+    return run_main("embed", parser, body, argv)  # bad input, config or storage: one line, exit code 2
 
 
 if __name__ == "__main__":

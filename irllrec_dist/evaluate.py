@@ -5,6 +5,13 @@
 Reads ``runs/<run_name>/checkpoints/best.pt``, reports Recall@K / NDCG@K on the
 split, and writes the top-K recommendations of every user as a
 manifest-committed Parquet output ``runs/<run_name>/recommendations``.
+
+The checkpoint is refused, with one line naming what differs, when it does not belong to the
+config and run root: a config key that decides what was trained differs (model shape, loss
+terms, seed, lr, ...; evaluation settings and runtime keys may differ: ``FREE_KEYS``), the
+dataset's size, or the dataset / embedding config hashes it recorded differ from the run root's
+(re-ingested or re-embedded since); also when it cannot be read (truncated, corrupt) or holds
+NaN/Inf weights. Nothing is written then.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import scipy.sparse as sp
 import torch
 
 from irllrec_dist import storage
-from irllrec_dist.config import Config, add_config_args, load_config
+from irllrec_dist.cli import CheckpointError, run_main
+from irllrec_dist.config import Config, add_config_args, config_differences, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.dataset import COLD_TABLES
 from irllrec_dist.graph.adjacency import build_adjacency
@@ -34,6 +42,19 @@ log = logging.getLogger("irllrec_dist.evaluate")
 
 def run_uri(cfg: Config, *parts: str) -> str:
     return storage.join(cfg.run_root, "runs", cfg.train.run_name, *parts)
+
+
+def input_hashes(cfg: Config) -> dict:
+    """The committed config hashes of what training reads (dataset; embeddings with text losses).
+    Training records them in its resumable state and in ``best.pt``, so that neither a resumed run
+    nor an evaluation goes on over data that changed under the same config."""
+    hashes = {"dataset": ds.ingest_hash(cfg.run_root)}
+    if cfg.loss.uses_text():
+        from irllrec_dist.embed import embeddings_uri
+
+        for side in ("users", "items"):
+            hashes[side] = (storage.read_manifest(embeddings_uri(cfg.run_root, side)) or {}).get("config_hash")
+    return hashes
 
 
 def exclusion(data: ds.Dataset, split: str, mask_val_in_test: bool) -> sp.csr_matrix:
@@ -105,18 +126,115 @@ class Scorer:
         return torch.where(self.warm_item[:, None], self.item, self.cold_item)
 
 
+# What may differ between the config a checkpoint was trained with and the one evaluating it:
+# evaluation settings; how, where and how long training ran (as for resuming, train.py
+# StorageCheckpoints); the label model.name; and the upstream stages' settings, whose effect is
+# compared through the dataset / embedding hashes instead. Every other key (model shape, loss
+# terms, seed, lr, sampling, ...) decides what was trained and must be equal.
+FREE_SECTIONS = ("eval", "ingest", "synthetic", "intents", "embed")
+FREE_KEYS = frozenset({"run_root", "model.name", "train.threads", "train.max_epochs", "train.compile",
+                       "train.gpus_per_worker", "train.ray_storage", "train.workers", "train.cpus_per_worker",
+                       "train.max_failures", "train.resume"})
+INPUT_NAMES = {"dataset": "dataset config hash", "users": "user embeddings config hash",
+               "items": "item embeddings config hash"}
+
+
+def free_at_evaluation(key: str) -> bool:
+    return key in FREE_KEYS or key.split(".", 1)[0] in FREE_SECTIONS
+
+
+def nonfinite_tensor(state: dict) -> str | None:
+    """'name (count of count values: nan/inf)' for the first floating tensor with a NaN or Inf, else None."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                return f"{name} ({int((~finite).sum())} of {t.numel()} values NaN/Inf)"
+    return None
+
+
+def read_checkpoint(uri: str) -> dict:
+    """``best.pt`` as written by train, or a one-line CheckpointError naming the file."""
+    if not storage.exists(uri):
+        raise CheckpointError(f"{uri}: no checkpoint there (train this run first: same run_root and train.run_name)")
+    blob = storage.read_bytes(uri)
+    try:
+        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or foreign: torch raises many kinds
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{uri}: not a readable checkpoint ({len(blob)} bytes; truncated or corrupt: "
+                              f"{type(e).__name__}: {first})") from e
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)
+            and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())):
+        raise CheckpointError(f"{uri}: not a checkpoint written by train (expected a dict with 'model' tensors "
+                              "and 'config')")
+    return ckpt
+
+
+def checkpoint_mismatches(cfg: Config, data: ds.Dataset, ckpt: dict) -> list[str]:
+    """What differs between a checkpoint and the current config and run root, one phrase each."""
+    differ = config_differences(ckpt["config"], cfg.to_dict(), free_at_evaluation)
+    out = [f"was trained with {k}={_show(then)}, config has {_show(now)}" for k, then, now in differ[:6]]
+    if len(differ) > 6:
+        out.append(f"and {len(differ) - 6} more config keys differ ({', '.join(k for k, _, _ in differ[6:])})")
+    n_users, n_items = ckpt.get("n_users"), ckpt.get("n_items")
+    if n_users is None:  # written before checkpoints recorded them: the tables' shapes say
+        n_users, n_items = (ckpt["model"].get(k, torch.empty(0)).shape[0] for k in ("user_emb", "item_emb"))
+    if (n_users, n_items) != (data.n_users, data.n_items):
+        out.append(f"has {n_users} users x {n_items} items, the run root's dataset {data.n_users} x {data.n_items}")
+    recorded = ckpt.get("inputs")
+    if not isinstance(recorded, dict):
+        out.append("records no dataset/embedding hashes (written before checkpoints recorded their inputs)")
+    else:
+        current = input_hashes(cfg)
+        order = list(INPUT_NAMES)
+        for name in sorted(set(recorded) | set(current), key=lambda n: (order.index(n) if n in order else 9, str(n))):
+            if recorded.get(name) != current.get(name):
+                out.append(f"{INPUT_NAMES.get(name, name)} {recorded.get(name)} (checkpoint) != "
+                           f"{current.get(name)} (run root)")
+    return out
+
+
+def _show(value) -> str:
+    return "(missing)" if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+def load_checkpoint(cfg: Config, data: ds.Dataset) -> dict:
+    """The run's ``best.pt``, refused (CheckpointError, one line) when it cannot be read, does not
+    belong to this config and run root, or holds NaN/Inf weights."""
+    uri = run_uri(cfg, "checkpoints", "best.pt")
+    ckpt = read_checkpoint(uri)
+    differ = checkpoint_mismatches(cfg, data, ckpt)
+    if differ:
+        raise CheckpointError(f"checkpoint {uri} {'; '.join(differ)}: re-run train, or evaluate with the config "
+                              "and inputs it was trained with")
+    bad = nonfinite_tensor(ckpt["model"])
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {uri} holds non-finite weights: {bad}; the run diverged "
+                              "(re-run train, e.g. with a lower train.lr)")
+    return ckpt
+
+
 def load_scorer(cfg: Config, data: ds.Dataset) -> tuple[Scorer, dict]:
     """The best checkpoint's scorer, and the checkpoint."""
-    blob = storage.read_bytes(run_uri(cfg, "checkpoints", "best.pt"))
-    ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    model = build_model(cfg, data.n_users, data.n_items, ckpt.get("text_dim"))
-    model.load_state_dict(ckpt["model"])
-    adj = build_adjacency(data.train, data.n_users, data.n_items)
+    uri = run_uri(cfg, "checkpoints", "best.pt")
+    ckpt = load_checkpoint(cfg, data)
     text = None
-    if ckpt.get("text_dim"):
+    if cfg.loss.uses_text():  # the checkpoint has text towers too (checked above)
         from irllrec_dist.embed import load_text_inputs
 
         text = load_text_inputs(cfg.run_root, data.n_users, data.n_items)
+        if ckpt.get("text_dim") != text.dim:
+            raise CheckpointError(f"checkpoint {uri} was trained on {ckpt.get('text_dim')}-dim text vectors, the "
+                                  f"run root's embeddings are {text.dim}-dim: re-run train")
+    model = build_model(cfg, data.n_users, data.n_items, ckpt.get("text_dim"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # what the checks above do not cover (e.g. a hand-edited file)
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"checkpoint {uri} does not fit the model this "
+                              f"config builds: {detail}") from e
+    adj = build_adjacency(data.train, data.n_users, data.n_items)
     u, i = scoring_vectors(cfg, model, adj.matrices(), text)
     cold_u, cold_i = u, i
     warm_u, warm_i = warm_nodes(data)
@@ -225,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--reference-rows", action="store_true",
                         help="score popularity and text-alone baselines instead of a trained run")
-    args = parser.parse_args(argv)
+    return run_main("evaluate", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.config, args.overrides)
     if args.reference_rows:

@@ -15,12 +15,15 @@ import sys
 import numpy as np
 
 from irllrec_dist import storage
+from irllrec_dist.cli import run_main
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
 def collect(run_root: str) -> dict[str, list[dict]]:
     fs, path = storage.filesystem(storage.join(run_root, "runs"))
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"{storage.join(run_root, 'runs')}: no runs folder (train a run under this run root)")
     groups: dict[str, list[dict]] = {}
     for entry in sorted(fs.ls(path, detail=False)):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
@@ -71,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("val", "test", "cold_users", "cold_items"),
                         help="cold_*: the held-out cold-start users / items (ingest.cold_users / cold_items)")
     parser.add_argument("--by-degree", action="store_true")
-    args = parser.parse_args(argv)
+    return run_main("report", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     groups = collect(args.run_root)
     print(table(groups, args.split))
     if args.by_degree:

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -38,7 +39,8 @@ from torch import nn
 from tqdm import tqdm
 
 from irllrec_dist import evaluate, storage
-from irllrec_dist.config import Config, add_config_args, config_from_dict, load_config
+from irllrec_dist.cli import CheckpointError, NonFiniteLoss, StageError, run_main
+from irllrec_dist.config import Config, add_config_args, config_differences, config_from_dict, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import BipartiteAdjacency, build_adjacency
 from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, build_csr, drop_edges, make_sampler
@@ -202,8 +204,8 @@ class StepRunner:
         if isinstance(states, dict):  # checkpoints written before optimizers became a list
             states = [states]
         if len(states) != len(self.optimizers):
-            raise ValueError(f"checkpoint holds {len(states)} optimizer state(s), this run has "
-                             f"{len(self.optimizers)} (train.sparse_tables changed since it was written?)")
+            raise CheckpointError(f"checkpoint holds {len(states)} optimizer state(s), this run has "
+                                  f"{len(self.optimizers)} (train.sparse_tables changed since it was written?)")
         for o, s in zip(self.optimizers, states):
             o.load_state_dict(s)
 
@@ -238,6 +240,16 @@ def early_stop(bad_checks: int, epochs_done: int, patience: int, min_epochs: int
     return bad_checks >= patience and epochs_done >= min_epochs
 
 
+NO_STEP = 1 << 62  # "no non-finite step yet"
+
+
+def nonfinite_loss_message(epoch: int, step: int, batch: int, bad_terms: list[str], scope: str) -> str:
+    return (f"non-finite training loss at epoch {epoch}, step {step} (batch {batch} of the epoch): "
+            f"{', '.join(bad_terms) or 'on another rank'}{scope}; the run diverged and stopped before saving "
+            "anything from this epoch (lower train.lr or the loss weights, check the inputs; "
+            "train.resume=false to start over)")
+
+
 def _digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for t in module.state_dict().values():
@@ -246,17 +258,26 @@ def _digest(module: nn.Module) -> str:
 
 
 def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
-               graph: TrainingGraph | None = None, device: torch.device | None = None) -> dict | None:
+               graph: TrainingGraph | None = None, device: torch.device | None = None,
+               inputs: dict | None = None) -> dict | None:
     """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
     initialised) and rank 0 validates, checkpoints and returns the summary. ``checkpoints``
     (RayCheckpoints, or StorageCheckpoints in-process) restores the latest resumable state and
     saves a new one every validation;
     ``graph`` (Ray runs) is the graph the driver built once, else it is built here; ``device``
-    (Ray runs) is the worker's, else CUDA when train.gpus_per_worker is 1."""
+    (Ray runs) is the worker's, else CUDA when train.gpus_per_worker is 1; ``inputs`` the dataset /
+    embedding hashes (``evaluate.input_hashes``) read before the graph was built, recorded in best.pt.
+
+    A NaN/Inf loss stops the run with NonFiniteLoss naming epoch, step and loss term, before
+    anything of that epoch is validated or saved. In one CPU process every step's loss is read
+    (free there); on a GPU or with several ranks, the first non-finite step is tracked on the
+    device and read once per epoch with the loss sums (no sync per step), all ranks agreeing."""
     tc = cfg.train
+    if inputs is None:
+        inputs = evaluate.input_hashes(cfg)
     if device is None:
         if tc.gpus_per_worker and not torch.cuda.is_available():
-            raise RuntimeError("train.gpus_per_worker=1 but torch sees no CUDA device here")
+            raise StageError("train.gpus_per_worker=1 but torch sees no CUDA device here")
         device = torch.device("cuda" if tc.gpus_per_worker else "cpu")
     distributed = world > 1
     torch.set_num_threads(tc.threads or (tc.cpus_per_worker if tc.workers else os.cpu_count()) or 1)
@@ -272,7 +293,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
     train_keys = np.sort(edge_keys(train_u, train_i, data.n_items))
     n_train = len(train_u)
     if n_train < world:
-        raise ValueError(f"{n_train} training edges cannot be split across {world} workers")
+        raise StageError(f"{n_train} training edges cannot be split across {world} workers")
     text = to_device(load_text(cfg, data), device)
     adj = to_device(adj, device)  # the sampler's CSR stays on the CPU
     model = build_model(cfg, data.n_users, data.n_items, text.dim if text is not None else None).to(device)
@@ -311,6 +332,8 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             last_epoch = first_epoch  # it had stopped, then died before its test metrics were written
     bar = tqdm(range(first_epoch, last_epoch), desc="train", unit="epoch", dynamic_ncols=True,
                disable=not lead, initial=first_epoch, total=tc.max_epochs)
+    check_each_step = world == 1 and device.type == "cpu"
+    no_step = torch.tensor(NO_STEP, device=device)
     for epoch in bar:
         t0 = time.time()
         model.train()
@@ -318,6 +341,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         perm = rng.permutation(n_train)
         sums: dict[str, float] = {}
         n_batches, comm_bytes, row_bytes = 0, 0, 0
+        first_bad = no_step.clone()
         for batch, start in enumerate(range(0, n_train, tc.batch_size)):
             if n_train - start < world:
                 break  # a last batch with fewer edges than ranks would leave a rank none (its mean is NaN)
@@ -329,6 +353,15 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             step = epoch * batches_per_epoch + batch
             intent_scale = warmup_scale(step, warmup_steps)
             loss, terms, dense_bytes, rows_bytes = runner(mask, bu, bp, bn, gen, (tc.seed, step), intent_scale)
+            if check_each_step:  # one CPU process: reading the scalar costs nothing
+                if not math.isfinite(loss.item()):
+                    values = {k: float(v.detach()) for k, v in terms.items()}
+                    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+                    raise NonFiniteLoss(nonfinite_loss_message(
+                        epoch, step, batch, bad or [f"the weighted sum loss={loss.item()}"], ""))
+            else:  # on the device, no sync: the first step whose loss is not finite
+                first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(loss.detach()), no_step,
+                                                                 torch.full_like(no_step, step)))
             comm_bytes += dense_bytes
             row_bytes += rows_bytes
             # Summed on the device and read once per epoch: a .item() per step would stall a GPU.
@@ -336,6 +369,17 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
             n_batches += 1
         sums = {k: float(v) for k, v in sums.items()}
+        if not check_each_step:
+            if distributed:
+                dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            bad_step = int(first_bad)
+            if bad_step != NO_STEP:  # every rank sees the same step and raises
+                bad = [k for k, v in sums.items() if k != "loss" and not math.isfinite(v)]
+                if not bad and not math.isfinite(sums.get("loss", 0.0)):
+                    bad = ["the weighted sum"]
+                where = f" (summed over the epoch on rank {rank})" if bad else ""
+                raise NonFiniteLoss(nonfinite_loss_message(epoch, bad_step, bad_step - epoch * batches_per_epoch,
+                                                           bad, where))
         epoch_s = time.time() - t0
         record = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
                   "epoch_s": round(epoch_s, 3), "edges_per_s": round(n_train / epoch_s, 1),
@@ -402,9 +446,16 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
     if not lead:
         return None
 
+    bad = evaluate.nonfinite_tensor(best_state)
+    if bad is not None:
+        raise NonFiniteLoss(f"the best model state (epoch {best['epoch']}) holds non-finite weights: {bad}; "
+                            "not saved (the run diverged: lower train.lr)")
     buf = io.BytesIO()
+    # What evaluate compares before it scores with this file: the config, the dataset's size, the
+    # dataset / embedding hashes it was trained on (evaluate.load_checkpoint).
     torch.save({"model": best_state, "teacher": best_teacher, "epoch": best["epoch"],
                 "text_dim": text.dim if text is not None else None,
+                "n_users": data.n_users, "n_items": data.n_items, "inputs": inputs,
                 "val": {k: v for k, v in best.items()}, "config": cfg.to_dict()}, buf)
     storage.write_bytes(evaluate.run_uri(cfg, "checkpoints", "best.pt"), buf.getvalue())
     test = evaluate.run(cfg, "test")
@@ -477,10 +528,10 @@ class StorageCheckpoints:
     RUNTIME_KEYS = frozenset({"train.threads", "train.max_epochs", "train.compile", "train.gpus_per_worker",
                               "train.ray_storage", "eval.export_top_k"})
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, inputs: dict | None = None):
         self.uri = evaluate.run_uri(cfg, "checkpoints", "state.pt")
         self.config = cfg.to_dict()
-        self.inputs = input_hashes(cfg)
+        self.inputs = inputs if inputs is not None else evaluate.input_hashes(cfg)
 
     def load(self) -> dict | None:
         if not storage.exists(self.uri):
@@ -489,18 +540,18 @@ class StorageCheckpoints:
         try:
             state = torch.load(io.BytesIO(storage.read_bytes(self.uri)), map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-            raise ValueError(refuse % f"not a readable training state ({type(e).__name__}: {e})") from e
-        saved, now = _flatten(state["config"]), _flatten(self.config)
+            raise CheckpointError(refuse % f"not a readable training state ({type(e).__name__}: "
+                                  f"{(str(e).strip().splitlines() or [''])[0]})") from e
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise CheckpointError(refuse % "not a training state written by train")
         # A key the saving code did not have yet ran at its default (e.g. loss.warmup_epochs = 0).
-        saved = {**{k: v for k, v in _flatten(Config().to_dict()).items() if k not in saved}, **saved}
-        differ = sorted(k for k in saved.keys() | now.keys()
-                        if k not in self.RUNTIME_KEYS and saved.get(k) != now.get(k))
+        differ = [k for k, _, _ in config_differences(state["config"], self.config, self.RUNTIME_KEYS.__contains__)]
         if differ:
-            raise ValueError(refuse % f"saved by a run with other settings ({', '.join(differ)}); "
-                             "start it with those settings to resume")
+            raise CheckpointError(refuse % f"saved by a run with other settings ({', '.join(differ)}); "
+                                  "start it with those settings to resume")
         if state.get("inputs") != self.inputs:
-            raise ValueError(refuse % f"saved on other inputs ({state.get('inputs')} then, {self.inputs} now: "
-                             "re-ingested or re-embedded since)")
+            raise CheckpointError(refuse % f"saved on other inputs ({state.get('inputs')} then, {self.inputs} now: "
+                                  "re-ingested or re-embedded since)")
         return state
 
     def save(self, state: dict | None, metrics: dict) -> None:
@@ -512,26 +563,6 @@ class StorageCheckpoints:
         storage.remove(self.uri)
 
 
-def input_hashes(cfg: Config) -> dict:
-    """The committed config hashes of what training reads (dataset; embeddings with text losses),
-    so a state is not resumed on data that changed under the same config."""
-    hashes = {"dataset": ds.ingest_hash(cfg.run_root)}
-    if cfg.loss.uses_text():
-        from irllrec_dist.embed import embeddings_uri
-
-        for side in ("users", "items"):
-            hashes[side] = (storage.read_manifest(embeddings_uri(cfg.run_root, side)) or {}).get("config_hash")
-    return hashes
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"seed": 1}} -> {"train.seed": 1}"""
-    flat = {}
-    for k, v in tree.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
-
-
 def _ray_worker(config: dict) -> None:
     import ray
     import ray.train
@@ -541,7 +572,7 @@ def _ray_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     graph = unshare_graph(ray.get(config["graph"]))
     train_loop(config_from_dict(config["config"]), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints(),
-               graph, get_device())
+               graph, get_device(), config.get("inputs"))
 
 
 def run_ray(cfg: Config) -> dict:
@@ -555,18 +586,22 @@ def run_ray(cfg: Config) -> dict:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     tc = cfg.train
+    from irllrec_dist.ray_storage import run_config_storage
+
+    ray_storage = run_config_storage(cfg)  # under an s3:// run root by default; node-local refused across nodes
     # Built once here and put in the object store: the workers of a node map one copy.
     t0 = time.time()
+    inputs = evaluate.input_hashes(cfg)  # before the graph is read: best.pt records what it was built from
     graph_ref = ray.put(share_graph(build_graph(cfg)))
     log.info("training graph built and shared in %.1fs", time.time() - t0)
     trainer = TorchTrainer(
-        _ray_worker, train_loop_config={"config": cfg.to_dict(), "graph": graph_ref},
+        _ray_worker, train_loop_config={"config": cfg.to_dict(), "graph": graph_ref, "inputs": inputs},
         torch_config=TorchConfig(backend="nccl" if tc.gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=bool(tc.gpus_per_worker),
                                      resources_per_worker={"CPU": tc.cpus_per_worker,
                                                            **({"GPU": tc.gpus_per_worker} if tc.gpus_per_worker else {})}),
         run_config=RunConfig(name=f"irllrec-{tc.run_name}-{int(time.time())}",
-                             storage_path=tc.ray_storage or None,
+                             **ray_storage,
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
@@ -577,17 +612,21 @@ def run_ray(cfg: Config) -> dict:
 def run(cfg: Config) -> dict:
     if cfg.train.workers >= 1:
         return run_ray(cfg)
-    checkpoints = StorageCheckpoints(cfg)
+    inputs = evaluate.input_hashes(cfg)
+    checkpoints = StorageCheckpoints(cfg, inputs)
     if not cfg.train.resume:
         checkpoints.finished()  # a stale state must not be picked up by a later resumed run
         checkpoints = None
-    return train_loop(cfg, checkpoints=checkpoints)
+    return train_loop(cfg, checkpoints=checkpoints, inputs=inputs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    args = parser.parse_args(argv)
+    return run_main("train", parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.config, args.overrides)
     summary = run(cfg)
