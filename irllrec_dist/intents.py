@@ -69,7 +69,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from irllrec_dist import storage
-from irllrec_dist.config import Config, ConfigError, IntentsConfig, add_config_args, load_config
+from irllrec_dist.config import Config, IntentsConfig, add_config_args, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.readers import InputError
 from irllrec_dist.llm import prompts as P

@@ -439,17 +439,20 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
 
     # Replicas must agree bit for bit: students through DDP, teachers through identical updates.
     digests = {"model": _digest(model), "teacher": _digest(teacher) if teacher is not None else None}
-    all_digests = [digests]
+    # Only rank 0 holds the best state: its check travels with the digests, so that every rank
+    # raises on a non-finite one (a Ray run ends on all ranks at once, see _ray_worker).
+    bad = evaluate.nonfinite_tensor(best_state) if lead else None
+    gathered = [(digests, bad)]
     if distributed:
-        all_digests = [None] * world
-        dist.all_gather_object(all_digests, digests)
-    if not lead:
-        return None
-
-    bad = evaluate.nonfinite_tensor(best_state)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (digests, bad))
+    all_digests, bad = [d for d, _ in gathered], gathered[0][1]
     if bad is not None:
         raise NonFiniteLoss(f"the best model state (epoch {best['epoch']}) holds non-finite weights: {bad}; "
                             "not saved (the run diverged: lower train.lr)")
+    if not lead:
+        return None
+
     buf = io.BytesIO()
     # What evaluate compares before it scores with this file: the config, the dataset's size, the
     # dataset / embedding hashes it was trained on (evaluate.load_checkpoint).
@@ -563,7 +566,17 @@ class StorageCheckpoints:
         storage.remove(self.uri)
 
 
-def _ray_worker(config: dict) -> None:
+NONFINITE = "nonfinite"  # the key that carries a NonFiniteLoss message from the Ray workers to the driver
+
+
+def _ray_worker(config: dict) -> dict | None:
+    """One Ray Train worker. A non-finite loss is not a worker failure: Ray would restart the
+    group from the last checkpoint up to train.max_failures times, each attempt diverging at the
+    same step. Every rank raises NonFiniteLoss at the same point (the ranks agree on the step,
+    and on rank 0's check of the best state, through a collective), so every rank makes one last
+    report without a checkpoint (ray.train.report is a barrier: all ranks or none) and returns
+    normally; rank 0's return value (and the report's metrics) carry the message, and the driver
+    raises NonFiniteLoss from it (run_ray)."""
     import ray
     import ray.train
 
@@ -571,8 +584,23 @@ def _ray_worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     graph = unshare_graph(ray.get(config["graph"]))
-    train_loop(config_from_dict(config["config"]), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints(),
-               graph, get_device(), config.get("inputs"))
+    try:
+        train_loop(config_from_dict(config["config"]), ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints(),
+                   graph, get_device(), config.get("inputs"))
+    except NonFiniteLoss as e:
+        stopped = {NONFINITE: str(e)}
+        ray.train.report(stopped)  # no checkpoint: the latest one stays the last good epoch's
+        return stopped
+    return None
+
+
+def _nonfinite_message(result) -> str | None:
+    """The NonFiniteLoss message a Ray run ended with: rank 0's return value (Ray Train V2), else
+    the last reported metrics (V1 keeps reports without a checkpoint there; V2 does not)."""
+    for found in (getattr(result, "return_value", None), getattr(result, "metrics", None)):
+        if isinstance(found, dict) and found.get(NONFINITE):
+            return str(found[NONFINITE])
+    return None
 
 
 def run_ray(cfg: Config) -> dict:
@@ -605,7 +633,10 @@ def run_ray(cfg: Config) -> dict:
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    trainer.fit()
+    result = trainer.fit()
+    stopped = _nonfinite_message(result)
+    if stopped is not None:  # the run diverged: there is no metrics.json to read
+        raise NonFiniteLoss(stopped)
     return storage.read_json(evaluate.run_uri(cfg, "metrics.json"))
 
 

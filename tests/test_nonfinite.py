@@ -3,12 +3,14 @@
 The NaN comes from a real configuration -- an absurd learning rate (train.lr=1e30: Adam moves
 every weight by ~1e30 in one step, the next step's scores overflow float32) -- not from a patched
 check. One CPU process reads every step's loss; ranks of a process group (and GPUs) track the
-first bad step on the device and agree on it once per epoch: both paths are run here."""
+first bad step on the device and agree on it once per epoch: both paths are run here, and on Ray
+Train, where the run ends once, with no worker-group restart."""
 
 import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,56 @@ def test_evaluate_refuses_a_checkpoint_with_nonfinite_weights_naming_the_tensor(
                                               r"NaN/Inf\)"):
         evaluate.run(cfg, "test")
     assert storage.read_bytes(evaluate.run_uri(cfg, "eval_test.json")) == before
+
+
+@pytest.fixture
+def ray_tracking_attempts(monkeypatch):
+    """A local Ray (2 CPUs) whose Train controller records every run attempt in its state actor.
+    The variables are set before ray.init: the Ray processes inherit them."""
+    import ray
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    # its periodic check of the actors asks Ray's state API, which refuses to pick among several
+    # Ray instances on one machine: not needed, a finished run's attempts are recorded as they end
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, address="local")
+    yield
+    ray.shutdown()
+
+
+def _attempts(run_prefix: str) -> list:
+    """Ray Train's own record of the run's worker-group attempts (one per start or restart)."""
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    actor = get_state_actor()
+    runs = ray.get(actor.get_train_runs.remote())
+    attempts = ray.get(actor.get_train_run_attempts.remote())
+    ids = [run_id for run_id, run in runs.items() if run.name.startswith(run_prefix)]
+    assert len(ids) == 1, {run_id: run.name for run_id, run in runs.items()}
+    return list(attempts[ids[0]].values())
+
+
+def test_ray_train_run_stops_once_without_restarts(root, tmp_path, ray_tracking_attempts):
+    """Under Ray Train every rank stops at the agreed step and the run ends as a success that
+    carries the message: the driver raises NonFiniteLoss itself, and FailureConfig's restarts
+    (max_failures=3: up to 4 attempts, each failing at the same step) never happen."""
+    cfg = _cfg(*root, "ray", lr=1e30)
+    cfg.train.workers, cfg.train.max_failures, cfg.train.ray_storage = 2, 3, str(tmp_path / "ray")
+    cfg.validate()
+    t0 = time.time()
+    with pytest.raises(NonFiniteLoss, match=r"^non-finite training loss at epoch 0, step 1 \(batch 1 of the epoch\): "
+                                            r".*summed over the epoch on rank 0"):
+        train.run(cfg)
+    elapsed = time.time() - t0
+    attempts = _attempts("irllrec-ray-")
+    assert len(attempts) == 1, [(a.attempt_id, a.status, a.status_detail) for a in attempts]
+    assert attempts[0].status.name == "FINISHED", (attempts[0].status, attempts[0].status_detail)
+    run = Path(evaluate.run_uri(cfg))
+    # rank 0 opens one TensorBoard event file per attempt
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert not (run / "metrics.json").exists() and not (run / "checkpoints" / "best.pt").exists()
+    print(f"ray non-finite run: {elapsed:.1f}s")
