@@ -262,3 +262,11 @@ def test_rows_per_shard_must_be_positive(tmp_path):
         with pytest.raises(ValueError, match="rows_per_shard"):
             storage.write_table(str(tmp_path / "t"), _table(0, 0, 3), "h", rows_per_shard=bad)
     assert storage.read_manifest(str(tmp_path / "t")) is None
+
+
+def test_rows_per_shard_is_refused_at_config_validation():
+    from irllrec_dist.config import ConfigError, load_config
+
+    for bad in ("0", "-5"):
+        with pytest.raises(ConfigError, match="ingest.rows_per_shard must be > 0"):
+            load_config(None, [f"ingest.rows_per_shard={bad}"])

@@ -89,7 +89,7 @@ BAD_CASES = {
     "no id in text": (lambda d: write_csv(d, items=['{"name": 0, "s": "a"}']), "csv-jsonl",
                       r"item_profile\.json line 1: no id field"),
     "empty id": (lambda d: write_csv(d, raw_override={"val": "user,item\n0,2\n,0\n"}), "csv-jsonl",
-                 r"total_val\.csv: row 1: empty 'user'; expected an id"),
+                 r"total_val\.csv line 3: empty 'user'; expected an id"),
     "id out of range": (lambda d: write_pickles(d, bad_row=True), "rlmrec-pickle",
                         r"tst_mat\.pkl entry 0: user id 7 out of range; expected 0 <= id < 3"),
     "shape mismatch": (lambda d: write_pickles(d, val_shape=(4, 3)), "rlmrec-pickle",
@@ -137,6 +137,8 @@ def test_counted_not_dropped(tmp_path):
     assert report["splits"]["val"]["users_without_train_sample"] == ["5"]
     assert report["splits"]["test"]["items_without_train"] == 2  # items 2 and 9
     assert report["items_without_any_edge"] == 1  # item 42 has text only
+    assert report["items_text_without_edges"] == 1 and report["items_text_without_edges_sample"][0].endswith(
+        "item_profile.json line 2: '42'")  # kept as an entity, counted with its line
     assert report["item_with_text"] == 2
     data = ds.load(str(tmp_path / "root"))
     assert data.item_raw == ["0", "1", "2", "9", "42"]

@@ -1,8 +1,10 @@
 """Raw input -> canonical dataset, with every check of design.md §4.
 
 Errors name the file, the row (or id) and what was expected. Conditions that
-are legitimate in real data (cold users in val/test, entities without text)
-are counted in the report instead; nothing is dropped without being counted.
+are legitimate in real data (cold users in val/test, entities without text,
+text for entities without edges) are counted in the report instead; nothing
+is dropped without being counted. The input rules (canonical ids, the dense
+order, line numbers, size bounds) are documented in readers.py.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from irllrec_dist.data.arrays import sorted_unique
-from irllrec_dist.data.readers import SPLITS, InputError, RawDataset, RawText
+from irllrec_dist.data.readers import SPLITS, IdColumn, InputError, RawDataset, RawText, check_declared_range, show
 
 EDGE_SCHEMA = pa.schema([("user", pa.int64()), ("item", pa.int64())])
 
@@ -28,47 +31,59 @@ class Canonical:
     report: dict
 
 
-def _id_kind(arrays: list[np.ndarray]) -> str:
-    kinds = {"str" if a.dtype == object else "int" for a in arrays if a.size}
-    return "str" if "str" in kinds else "int"
+_CANONICAL_DECIMAL = r"^(0|[1-9][0-9]*)$"
 
 
 class _IdMap:
-    """Raw ids -> dense [0, n). Integer ids keep numeric order (0..n-1 maps to itself)."""
+    """Raw ids -> dense [0, n) (the rule is documented in readers.py).
 
-    def __init__(self, arrays: list[np.ndarray], declared_n: int | None, side: str,
-                 places: list):
+    A declared range (pickled matrices) maps every id to itself, after the range has been
+    checked against the ids present (``check_declared_range``). Otherwise the distinct ids of
+    every file of the side are numbered: in numeric order when all of them are canonical
+    non-negative decimals (ids 0..n-1 map to themselves; compared as (length, digits), so
+    exact beyond int64), else in the order of their UTF-8 bytes."""
+
+    def __init__(self, cols: list[IdColumn], declared_n: int | None, side: str, places: list,
+                 declared_by: str | None = None):
         self.side = side
-        self.kind = _id_kind(arrays)
         if declared_n is not None:
-            for arr, place in zip(arrays, places):
-                bad = np.flatnonzero((arr < 0) | (arr >= declared_n)) if arr.size else []
-                if len(bad):
-                    raise InputError(f"{place.where(bad[0])}: {side} id {arr[bad[0]]} out of range; "
+            if any(c.values is not None for c in cols):
+                raise InputError(f"{declared_by}: a declared {side} range cannot be combined with text ids")
+            present = sorted_unique(np.concatenate([c.codes for c in cols])) if cols else np.zeros(0, np.int64)
+            check_declared_range(declared_n, int(present.size), side, declared_by or places[0].file)
+            for col, place in zip(cols, places):
+                bad = np.flatnonzero((col.codes < 0) | (col.codes >= declared_n))
+                if bad.size:
+                    raise InputError(f"{place.where(bad[0])}: {side} id {col.codes[bad[0]]} out of range; "
                                      f"expected 0 <= id < {declared_n}")
-            self.uniques = np.arange(declared_n, dtype=np.int64)
-            self.identity = True
+            self.n, self.sorted = int(declared_n), None
+            return
+        values = [c.values for c in cols]
+        uniq = pc.unique(pa.concat_arrays(values)) if values else pa.array([], pa.large_string())
+        if len(uniq) and pc.all(pc.match_substring_regex(uniq, _CANONICAL_DECIMAL)).as_py():
+            keys = pa.table({"len": pc.binary_length(uniq), "id": uniq})
+            order = pc.sort_indices(keys, sort_keys=[("len", "ascending"), ("id", "ascending")])
         else:
-            norm = [self._norm(a) for a in arrays]
-            self.uniques = sorted_unique(np.concatenate(norm)) if norm else np.array([], dtype=np.int64)
-            self.identity = False
-
-    def _norm(self, a: np.ndarray) -> np.ndarray:
-        return a.astype(str).astype(object) if self.kind == "str" and a.dtype != object else a
+            order = pc.sort_indices(uniq)
+        self.sorted = uniq.take(order)
+        self.n = len(uniq)
 
     def __len__(self) -> int:
-        return len(self.uniques)
+        return self.n
 
-    def dense(self, a: np.ndarray) -> np.ndarray:
-        if self.identity:
-            return a.astype(np.int64)
-        norm = self._norm(a)
-        if self.kind == "str":
-            return np.searchsorted(self.uniques.astype(str), norm.astype(str)).astype(np.int64)
-        return np.searchsorted(self.uniques, norm).astype(np.int64)
+    def dense(self, col: IdColumn) -> np.ndarray:
+        if self.sorted is None:
+            return col.codes.astype(np.int64)
+        to_dense = pc.index_in(col.values, value_set=self.sorted).to_numpy(zero_copy_only=False).astype(np.int64)
+        return to_dense[col.codes]
 
-    def raw_strings(self) -> list[str]:
-        return [str(x) for x in self.uniques]
+    def raw(self, d) -> str:
+        return str(int(d)) if self.sorted is None else self.sorted[int(d)].as_py()
+
+    def raw_strings(self) -> pa.Array:
+        if self.sorted is None:
+            return pa.array(np.arange(self.n, dtype=np.int64)).cast(pa.string())
+        return self.sorted.cast(pa.string())
 
 
 def _first_duplicate(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,23 +98,41 @@ def _first_duplicate(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[run_start[rep]], order[rep]
 
 
-def _text_column(text: RawText | None, idmap: _IdMap, side: str, report: dict) -> list[str | None]:
+def _id_text(raw: str) -> str:
+    """An id (already free of control characters, see readers) for a message, cut if long."""
+    return raw if len(raw) <= 60 else show(raw)
+
+
+def _text_column(text: RawText | None, idmap: _IdMap, side: str, report: dict,
+                 has_edge: np.ndarray) -> list[str | None]:
     out: list[str | None] = [None] * len(idmap)
     if text is None:
         report[f"{side}_with_text"] = 0
+        report[f"{side}s_text_without_edges"] = 0
         return out
     dense = idmap.dense(text.ids)
     first, rep = _first_duplicate(dense)
     if rep.size:
-        raise InputError(f"{text.where(rep[0])}: {side} id {text.ids[rep[0]]} already has text at "
+        raise InputError(f"{text.where(rep[0])}: {side} id {_id_text(text.ids.raw(rep[0]))} already has text at "
                          f"{text.where(first[0])}; expected one text record per {side}")
+    # Text for an id no edge file names: a catalogue entry without interactions (kept, counted,
+    # sampled with its line). A text file none of whose ids is in the edge lists is keyed
+    # differently (e.g. names instead of numbers): that is an error, not a catalogue.
+    orphan = np.flatnonzero(~has_edge[dense]) if len(dense) else np.zeros(0, dtype=np.int64)
+    if len(dense) and orphan.size == len(dense):
+        raise InputError(f"{text.file}: none of its {len(dense)} {side} ids occurs in an edge file (first: "
+                         f"{text.where(0)}, {side} id {show(text.ids.raw(0))}); expected the ids of the edge "
+                         f"lists, spelled the same (ids are compared as exact strings; a JSON integer 3 is '3')")
+    report[f"{side}s_text_without_edges"] = int(orphan.size)
+    report[f"{side}s_text_without_edges_sample"] = [
+        f"{text.where(k)}: {show(text.ids.raw(k))}" for k in orphan[:5]]
     missing_values = 0
     for idx, (d, t) in enumerate(zip(dense, text.texts)):
         if t is None:
             missing_values += 1
             continue
         if not t.strip():
-            raise InputError(f"{text.where(idx)}: {side} id {text.ids[idx]} has empty text; "
+            raise InputError(f"{text.where(idx)}: {side} id {_id_text(text.ids.raw(idx))} has empty text; "
                              f"expected non-empty text (omit the record if there is none)")
         out[d] = t
     report[f"{side}_with_text"] = sum(t is not None for t in out)
@@ -109,15 +142,16 @@ def _text_column(text: RawText | None, idmap: _IdMap, side: str, report: dict) -
 
 def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
     report: dict = {"splits": {}}
-    user_arrays = [raw.splits[s].users for s in SPLITS] + ([raw.user_text.ids] if raw.user_text else [])
-    item_arrays = [raw.splits[s].items for s in SPLITS] + ([raw.item_text.ids] if raw.item_text else [])
+    user_cols = [raw.splits[s].users for s in SPLITS] + ([raw.user_text.ids] if raw.user_text else [])
+    item_cols = [raw.splits[s].items for s in SPLITS] + ([raw.item_text.ids] if raw.item_text else [])
     places_u = [raw.splits[s] for s in SPLITS] + ([raw.user_text] if raw.user_text else [])
     places_i = [raw.splits[s] for s in SPLITS] + ([raw.item_text] if raw.item_text else [])
-    umap = _IdMap(user_arrays, raw.n_users, "user", places_u)
-    imap = _IdMap(item_arrays, raw.n_items, "item", places_i)
+    declared_by = raw.extra.get("declared_by")
+    umap = _IdMap(user_cols, raw.n_users, "user", places_u, declared_by)
+    imap = _IdMap(item_cols, raw.n_items, "item", places_i, declared_by)
     n_users, n_items = len(umap), len(imap)
 
-    keys, edges = {}, {}
+    keys, edges, rows = {}, {}, {}  # rows: each kept edge's row in its file, for messages
     for split in SPLITS:
         part = raw.splits[split]
         u, i = umap.dense(part.users), imap.dense(part.items)
@@ -126,17 +160,20 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
         if rep.size:
             if on_duplicate == "error":
                 raise InputError(
-                    f"{part.where(rep[0])}: duplicate edge (user {part.users[rep[0]]}, item "
-                    f"{part.items[rep[0]]}), first seen at {part.where(first[0])}; expected each "
+                    f"{part.where(rep[0])}: duplicate edge (user {_id_text(part.users.raw(rep[0]))}, item "
+                    f"{_id_text(part.items.raw(rep[0]))}), first seen at {part.where(first[0])}; expected each "
                     f"interaction once per split ({rep.size} repeats in all; set "
                     f"ingest.on_duplicate=dedupe to drop and count them)")
             keep = np.ones(len(k), dtype=bool)
             keep[rep] = False
             u, i, k = u[keep], i[keep], k[keep]
+            row = np.flatnonzero(keep)
+        else:
+            row = np.arange(len(k))
         report["splits"][split] = {"file": part.file, "rows": int(len(part.users)),
                                    "duplicates_dropped": int(rep.size), "edges": int(len(k))}
         order = np.argsort(k, kind="stable")
-        keys[split], edges[split] = k[order], (u[order], i[order])
+        keys[split], edges[split], rows[split] = k[order], (u[order], i[order]), row[order]
 
     for a_idx, a in enumerate(SPLITS):
         for b in SPLITS[a_idx + 1:]:
@@ -144,8 +181,8 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
             if common.size:
                 ua, ib_ = edges[a][0][ia[0]], edges[a][1][ia[0]]
                 raise InputError(
-                    f"{raw.splits[a].file} and {raw.splits[b].file}: edge (user "
-                    f"{umap.uniques[ua]}, item {imap.uniques[ib_]}) is in both '{a}' and '{b}' "
+                    f"{raw.splits[a].where(rows[a][ia[0]])} and {raw.splits[b].where(rows[b][ib[0]])}: edge (user "
+                    f"{_id_text(umap.raw(ua))}, item {_id_text(imap.raw(ib_))}) is in both '{a}' and '{b}' "
                     f"({common.size} shared edges in all); expected disjoint splits")
 
     if len(keys["train"]) == 0:
@@ -162,23 +199,28 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
         report["splits"][split].update({
             "users": int(len(sorted_unique(u))),
             "users_without_train": int(cold_u.size),
-            "users_without_train_sample": [str(umap.uniques[x]) for x in cold_u[:5]],
+            "users_without_train_sample": [umap.raw(x) for x in cold_u[:5]],
             "items_without_train": int(cold_i.size),
-            "items_without_train_sample": [str(imap.uniques[x]) for x in cold_i[:5]],
+            "items_without_train_sample": [imap.raw(x) for x in cold_i[:5]],
         })
+    user_has_edge = np.zeros(n_users, dtype=bool)
+    item_has_edge = np.zeros(n_items, dtype=bool)
+    for s in SPLITS:
+        user_has_edge[edges[s][0]] = True
+        item_has_edge[edges[s][1]] = True
     report["n_users"], report["n_items"] = n_users, n_items
-    report["users_without_any_edge"] = int(n_users - len(sorted_unique(np.concatenate([edges[s][0] for s in SPLITS]))))
-    report["items_without_any_edge"] = int(n_items - len(sorted_unique(np.concatenate([edges[s][1] for s in SPLITS]))))
+    report["users_without_any_edge"] = int((~user_has_edge).sum())
+    report["items_without_any_edge"] = int((~item_has_edge).sum())
     report["users_without_train"] = int((~train_users).sum())
     report["items_without_train"] = int((~train_items).sum())
 
-    item_texts = _text_column(raw.item_text, imap, "item", report)
-    user_texts = _text_column(raw.user_text, umap, "user", report)
+    item_texts = _text_column(raw.item_text, imap, "item", report, item_has_edge)
+    user_texts = _text_column(raw.user_text, umap, "user", report, user_has_edge)
 
     tables = {
-        "users": pa.table([pa.array(np.arange(n_users, dtype=np.int64)), pa.array(umap.raw_strings()),
+        "users": pa.table([pa.array(np.arange(n_users, dtype=np.int64)), umap.raw_strings(),
                            pa.array(user_texts, pa.string())], schema=entity_schema("user_id")),
-        "items": pa.table([pa.array(np.arange(n_items, dtype=np.int64)), pa.array(imap.raw_strings()),
+        "items": pa.table([pa.array(np.arange(n_items, dtype=np.int64)), imap.raw_strings(),
                            pa.array(item_texts, pa.string())], schema=entity_schema("item_id")),
     }
     for split in SPLITS:
