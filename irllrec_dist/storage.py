@@ -492,19 +492,31 @@ def _referenced_attempts(fs: fsspec.AbstractFileSystem, path: str) -> set[str]:
     return names
 
 
+def _listing(uri: str) -> tuple[fsspec.AbstractFileSystem, str, list[dict]]:
+    """(filesystem, path, fresh listing with details; empty when the folder is absent)."""
+    fs, path = filesystem(uri)
+    _fresh(fs, path)
+    try:
+        return fs, path, fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return fs, path, []
+
+
+def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:  # absent already, or another writer's clean-up got there first
+        pass
+
+
 def collect_garbage(uri: str, lease_s: float | None = None) -> list[str]:
     """Remove the attempts of ``uri`` that are provably dead; returns what was removed.
 
     Dead = named neither by the output's manifest nor by the manifest above it, and its
     lease (or, without one, its folder) not renewed for ``lease_s`` seconds.
     """
-    fs, path = filesystem(uri)
+    fs, path, entries = _listing(uri)
     lease_s = lease_seconds() if lease_s is None else lease_s
-    _fresh(fs, path)
-    try:
-        entries = fs.ls(path, detail=True)
-    except FileNotFoundError:
-        return []
     keep = _referenced_attempts(fs, path)
     removed = []
     for e in entries:
@@ -518,10 +530,7 @@ def collect_garbage(uri: str, lease_s: float | None = None) -> list[str]:
         except FileNotFoundError:  # a writer that died before its lease: the folder's own age
             last = _modified(e) if _modified(e) else time.time()
         if time.time() - last > lease_s:
-            try:
-                fs.rm(f"{path}/{name}", recursive=True)
-            except FileNotFoundError:  # another writer's collection got there first
-                pass
+            _remove_quietly(fs, f"{path}/{name}")
             removed.append(name)
     return removed
 
@@ -529,13 +538,8 @@ def collect_garbage(uri: str, lease_s: float | None = None) -> list[str]:
 def remove_stale_outputs(uri: str, keep: set[str], lease_s: float | None = None) -> list[str]:
     """Remove sub-outputs of ``uri`` (e.g. chunks of an earlier chunking) not in ``keep``,
     each only when nothing in it was written for ``lease_s`` seconds (so no live writer's)."""
-    fs, path = filesystem(uri)
+    fs, path, entries = _listing(uri)
     lease_s = lease_seconds() if lease_s is None else lease_s
-    _fresh(fs, path)
-    try:
-        entries = fs.ls(path, detail=True)
-    except FileNotFoundError:
-        return []
     removed = []
     for e in entries:
         name = e["name"].rstrip("/").rsplit("/", 1)[-1]
@@ -543,10 +547,7 @@ def remove_stale_outputs(uri: str, keep: set[str], lease_s: float | None = None)
             continue
         newest = max((_modified(i) for i in fs.find(e["name"], detail=True).values()), default=0.0)
         if time.time() - newest > lease_s:
-            try:
-                fs.rm(e["name"], recursive=True)
-            except FileNotFoundError:  # another writer's clean-up got there first
-                pass
+            _remove_quietly(fs, e["name"])
             removed.append(name)
     return removed
 
@@ -629,10 +630,7 @@ def remove(uri: str) -> None:
     """Delete a file or folder (recursively) if it exists."""
     fs, path = filesystem(uri)
     _fresh(fs, path)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:  # absent already (or removed by another writer meanwhile)
-        pass
+    _remove_quietly(fs, path)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
