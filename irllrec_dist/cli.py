@@ -9,16 +9,27 @@ match the run root or cannot be read, a training run that diverged -- end as ONE
 
 and exit code 2, with no traceback unless ``--debug`` is given (then the traceback is printed
 before that line). Anything else is a bug: its traceback is kept and the exit code is 1.
+
+A stage whose parser has the config arguments (``config.add_config_args``) also gets, here, the
+config keys it reads in its ``--help`` (with defaults and meanings) and ``--print-config``: the
+resolved config as YAML, exit code 0, nothing run. The ``irllrec`` command (console.py) runs the
+same ``main(argv)`` of each stage, so both forms behave alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import traceback
 from typing import Callable
 
 EXIT_USER_ERROR = 2
+
+# What usage lines call the program: "irllrec" when the console script dispatches (console.py sets
+# it), else "python -m irllrec_dist.<stage>".
+PROG: str | None = None
 
 
 class StageError(Exception):
@@ -110,7 +121,10 @@ def run_main(stage: str, parser: argparse.ArgumentParser, fn: Callable[[argparse
     line ``<stage>: <message>`` on stderr and exit code 2. Bugs propagate with their traceback
     (exit code 1 from the interpreter)."""
     add_debug_arg(parser)
+    _describe(stage, parser)
     args = parser.parse_args(argv)
+    if getattr(args, "print_config", False):
+        fn = _print_config
     try:
         rc = fn(args)
     except Exception as e:  # noqa: BLE001 -- classified below; bugs are re-raised untouched
@@ -122,3 +136,24 @@ def run_main(stage: str, parser: argparse.ArgumentParser, fn: Callable[[argparse
         print(f"{stage}: {one_line(err)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     return 0 if rc is None else int(rc)
+
+
+def _describe(stage: str, parser: argparse.ArgumentParser) -> None:
+    """Name the program as it was called, and list the stage's config keys under its --help."""
+    if PROG is not None:
+        parser.prog = f"{PROG} {stage}"
+    elif parser.prog == os.path.basename(sys.argv[0] or ""):  # argparse's default: "train.py"
+        parser.prog = f"python -m irllrec_dist.{stage}"
+    if getattr(parser, "irllrec_config_args", False):
+        from irllrec_dist.config import help_text
+
+        width = max(80, min(shutil.get_terminal_size((110, 24)).columns, 140))
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the key table's layout
+        parser.epilog = "\n\n".join(p for p in (parser.epilog, help_text(stage, width)) if p)
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    from irllrec_dist.config import config_yaml, load_config
+
+    sys.stdout.write(config_yaml(load_config(args.config, args.overrides)))
+    return 0

@@ -1,6 +1,6 @@
 """Stage: text -> vectors for the text tower.
 
-    python -m irllrec_dist.embed --config configs/yelp_irllrec.yaml
+    python -m irllrec_dist.embed --config configs/yelp.yaml
 
 Writes ``embeddings/items`` and ``embeddings/users`` (columns ``id``,
 ``profile``, ``intent`` as ``fixed_size_list<float32>``, L2-normalised) under

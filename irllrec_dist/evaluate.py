@@ -1,10 +1,15 @@
 """Stage: full-ranking evaluation of a trained run, and top-K export.
 
-    python -m irllrec_dist.evaluate --config configs/amazon.yaml [split=test]
+    python -m irllrec_dist.evaluate --config configs/amazon.yaml [--split val|test] [--no-export]
+    python -m irllrec_dist.evaluate --config configs/yelp.yaml --reference-rows
 
 Reads ``runs/<run_name>/checkpoints/best.pt``, reports Recall@K / NDCG@K on the
 split, and writes the top-K recommendations of every user as a
-manifest-committed Parquet output ``runs/<run_name>/recommendations``.
+manifest-committed Parquet output ``runs/<run_name>/recommendations``: warm users from their
+trained vectors against the trained item vectors, users without a training edge (cold start)
+from the same text-tower vectors and catalogue their cold-start metrics score with.
+``--reference-rows`` scores the popularity and text-alone baselines instead
+(``runs/popularity``, ``runs/text_only``).
 
 The checkpoint is refused, with one line naming what differs, when it does not belong to the
 config and run root: a config key that decides what was trained differs (model shape, loss
@@ -120,10 +125,17 @@ class Scorer:
     cold_user: torch.Tensor
     cold_item: torch.Tensor
     warm_item: torch.Tensor  # bool: the item has a training edge
+    warm_user: torch.Tensor | None = None  # bool: the user has a training edge (None: every user)
 
     def catalogue(self) -> torch.Tensor:
         """Every item as a cold user sees the catalogue: warm items by ``item``, the others by ``cold_item``."""
         return torch.where(self.warm_item[:, None], self.item, self.cold_item)
+
+    def cold_users(self) -> np.ndarray:
+        """The users without a training edge, scored by ``cold_user`` against ``catalogue()``."""
+        if self.warm_user is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(~self.warm_user.cpu().numpy())
 
 
 # What may differ between the config a checkpoint was trained with and the one evaluating it:
@@ -242,7 +254,7 @@ def load_scorer(cfg: Config, data: ds.Dataset) -> tuple[Scorer, dict]:
         with torch.no_grad():
             cold_u = cold_vectors(u, model.text_directions(text, "user"), warm_u)
             cold_i = cold_vectors(i, model.text_directions(text, "item"), warm_i)
-    return Scorer(u, i, cold_u, cold_i, warm_i), ckpt
+    return Scorer(u, i, cold_u, cold_i, warm_i, warm_u), ckpt
 
 
 def cold_metrics(cfg: Config, data: ds.Dataset, cold_users: tuple[torch.Tensor, torch.Tensor] | None,
@@ -270,10 +282,18 @@ def cold_metrics(cfg: Config, data: ds.Dataset, cold_users: tuple[torch.Tensor, 
     return out
 
 
-def export_top_k(cfg: Config, data: ds.Dataset, user_emb: torch.Tensor, item_emb: torch.Tensor) -> str:
+def export_top_k(cfg: Config, data: ds.Dataset, scorer: Scorer) -> str:
+    """Every user's top-K with what their metrics score with: warm users ``scorer.user`` against
+    ``scorer.item`` (training items ranked out), users without a training edge (cold start)
+    ``scorer.cold_user`` -- the text tower's vectors -- against ``scorer.catalogue()``."""
     users = np.arange(data.n_users)
-    items, scores = top_k(user_emb, item_emb, users, data.matrix("train"), cfg.eval.export_top_k,
+    train = data.matrix("train")
+    items, scores = top_k(scorer.user, scorer.item, users, train, cfg.eval.export_top_k,
                           cfg.eval.max_scores_per_batch)
+    cold = scorer.cold_users()
+    if len(cold):  # a cold user has no training item to rank out
+        items[cold], scores[cold] = top_k(scorer.cold_user, scorer.catalogue(), cold, None, items.shape[1],
+                                          cfg.eval.max_scores_per_batch)
     item_raw = np.asarray(data.item_raw, dtype=object)
     k = items.shape[1]
     table = pa.table({
@@ -297,7 +317,7 @@ def run(cfg: Config, split: str = "test", export: bool = True) -> dict:
               "by_degree": by_degree(cfg, data, u, i, split)}
     result.update(cold_metrics(cfg, data, (scorer.cold_user, scorer.catalogue()), (u, scorer.cold_item)))
     if export:
-        result["recommendations"] = export_top_k(cfg, data, u, i)
+        result["recommendations"] = export_top_k(cfg, data, scorer)
     storage.write_json(run_uri(cfg, f"eval_{split}.json"), result)
     return result
 

@@ -1,9 +1,12 @@
 """Collect runs/*/metrics.json under a run root into a markdown results table.
 
     python -m irllrec_dist.report runs/yelp [--by-degree] [--split test|val|cold_users|cold_items]
+    python -m irllrec_dist.report runs/yelp --plot docs/results/yelp   # PNGs too (the plot extra)
 
 Runs named ``<group>-s<seed>`` are grouped: the table shows mean ± sample std over
-seeds (and the count), so each preset is one row.
+seeds (and the count), so each preset is one row. ``--plot DIR`` also draws, from the same
+metrics.json files, validation Recall@20 by epoch per preset with a band over seeds, the loss
+terms by epoch and test Recall@20 by user degree (plots.py; ``--metric`` picks another K).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("val", "test", "cold_users", "cold_items"),
                         help="cold_*: the held-out cold-start users / items (ingest.cold_users / cold_items)")
     parser.add_argument("--by-degree", action="store_true")
+    parser.add_argument("--plot", metavar="DIR", help="also draw PNGs of the runs into DIR (local or s3://)")
+    parser.add_argument("--metric", default="recall@20", help="what --plot draws by epoch and by degree "
+                        "(recall@K or ndcg@K with K in eval.ks; default recall@20)")
     return run_main("report", parser, _main, argv)
 
 
@@ -83,6 +89,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.by_degree:
         print()
         print(degree_table(groups))
+    if args.plot:
+        from irllrec_dist import plots
+
+        print()
+        for uri in plots.plot_runs(groups, args.plot, args.metric):
+            print(f"wrote {uri}")
     return 0
 
 

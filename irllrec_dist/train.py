@@ -38,9 +38,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from irllrec_dist import evaluate, storage
+from irllrec_dist import evaluate, runfolder, storage
 from irllrec_dist.cli import CheckpointError, NonFiniteLoss, StageError, run_main
-from irllrec_dist.config import Config, add_config_args, config_differences, config_from_dict, load_config
+from irllrec_dist.config import (Config, TrainConfig, add_config_args, config_differences, config_from_dict,
+                                  load_config)
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import BipartiteAdjacency, build_adjacency
 from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, build_csr, drop_edges, make_sampler
@@ -240,6 +241,26 @@ def early_stop(bad_checks: int, epochs_done: int, patience: int, min_epochs: int
     return bad_checks >= patience and epochs_done >= min_epochs
 
 
+def stop_horizon(best_epoch: int | None, next_epoch: int, tc: TrainConfig) -> int:
+    """How many epochs the run lasts if validation never improves again (the progress bar's total,
+    so that its ETA is the earliest end): validation runs at epochs 0, eval_every, 2 * eval_every,
+    ...; ``patience`` checks after the best one -- or after the first check still to come, which
+    becomes the best -- ``early_stop`` fires at the first check that is also past ``min_epochs``;
+    never beyond ``max_epochs``."""
+    every = tc.eval_every
+    if best_epoch is None:
+        best_epoch = -(-next_epoch // every) * every
+    last = max(best_epoch + tc.patience * every, tc.min_epochs - 1)
+    last = -(-last // every) * every  # a check epoch
+    return min(last + 1, tc.max_epochs)
+
+
+def _batch_bar(total: int, epoch: int, lead: bool) -> tqdm:
+    """The batches of one epoch, shown only once an epoch has taken a few seconds, gone when done."""
+    return tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False, delay=3.0, dynamic_ncols=True,
+                disable=not lead)
+
+
 NO_STEP = 1 << 62  # "no non-finite step yet"
 
 
@@ -260,6 +281,31 @@ def _digest(module: nn.Module) -> str:
 def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                graph: TrainingGraph | None = None, device: torch.device | None = None,
                inputs: dict | None = None) -> dict | None:
+    """``_train_loop`` (below), with the run folder's files on rank 0 (runfolder.py): the resolved
+    ``config.yaml`` first, ``train.log`` at every validation and at the end (also when the run
+    fails), ``curves.png`` when it finished and matplotlib is there."""
+    if rank != 0:
+        return _train_loop(cfg, rank, world, checkpoints, graph, device, inputs)
+    runfolder.write_config(cfg)
+    runlog = runfolder.RunLog(evaluate.run_uri(cfg, "train.log"))
+    with runlog.attached():
+        try:
+            summary = _train_loop(cfg, rank, world, checkpoints, graph, device, inputs, runlog)
+            try:
+                runfolder.write_curves(cfg, summary)
+            except Exception as e:  # noqa: BLE001 -- a picture must not cost a finished run
+                log.warning("curves.png not drawn: %s: %s", type(e).__name__, e)
+            return summary
+        finally:
+            try:
+                runlog.save()
+            except Exception as e:  # noqa: BLE001 -- never hide the run's own outcome behind the log's
+                log.warning("could not write %s: %s: %s", runlog.uri, type(e).__name__, e)
+
+
+def _train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
+                graph: TrainingGraph | None = None, device: torch.device | None = None,
+                inputs: dict | None = None, runlog: runfolder.RunLog | None = None) -> dict | None:
     """The training loop; with world > 1 it runs on every Ray Train worker (torch.distributed is
     initialised) and rank 0 validates, checkpoints and returns the summary. ``checkpoints``
     (RayCheckpoints, or StorageCheckpoints in-process) restores the latest resumable state and
@@ -330,8 +376,13 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                      best[monitor], best["epoch"])
         if early_stop(bad_checks, first_epoch, tc.patience, tc.min_epochs):
             last_epoch = first_epoch  # it had stopped, then died before its test metrics were written
-    bar = tqdm(range(first_epoch, last_epoch), desc="train", unit="epoch", dynamic_ncols=True,
-               disable=not lead, initial=first_epoch, total=tc.max_epochs)
+        if runlog is not None:
+            runlog.keep_previous()
+    # The total is where early stopping ends the run if validation does not improve again; it
+    # moves out as the best epoch does.
+    bar = tqdm(range(first_epoch, last_epoch), desc="train", unit="epoch", dynamic_ncols=True, disable=not lead,
+               initial=first_epoch,
+               total=max(first_epoch, stop_horizon(best["epoch"] if best else None, first_epoch, tc)))
     check_each_step = world == 1 and device.type == "cpu"
     no_step = torch.tensor(NO_STEP, device=device)
     for epoch in bar:
@@ -342,7 +393,9 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         sums: dict[str, float] = {}
         n_batches, comm_bytes, row_bytes = 0, 0, 0
         first_bad = no_step.clone()
+        batch_bar = _batch_bar(batches_per_epoch, epoch, lead)
         for batch, start in enumerate(range(0, n_train, tc.batch_size)):
+            batch_bar.update()
             if n_train - start < world:
                 break  # a last batch with fewer edges than ranks would leave a rank none (its mean is NaN)
             b = perm[start:start + tc.batch_size][rank::world]
@@ -368,6 +421,7 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
             for name, value in [("loss", loss), *terms.items()]:
                 sums[name] = sums.get(name, 0.0) + value.detach().double()
             n_batches += 1
+        batch_bar.close()
         sums = {k: float(v) for k, v in sums.items()}
         if not check_each_step:
             if distributed:
@@ -408,6 +462,8 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                 if lead:
                     best_state = copy.deepcopy(model.state_dict())
                     best_teacher = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
+                    bar.total = stop_horizon(epoch, epoch + 1, tc)
+                    bar.refresh()
             else:
                 bad_checks += 1
             if lead:
@@ -418,6 +474,8 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
                 log.info("epoch %d loss %.4f val %s %.4f (best %.4f @ %d) %.2fs/epoch %.0f edges/s rss %.0f MiB",
                          epoch, record["loss"], monitor, val[monitor], best[monitor], best["epoch"], epoch_s,
                          record["edges_per_s"], peak_rss_mib())
+                if runlog is not None:
+                    runlog.save()
         history.append(record)
         if checkpoints is not None and epoch % tc.eval_every == 0:
             gen_states = [gen.get_state()]
@@ -479,6 +537,9 @@ def train_loop(cfg: Config, rank: int = 0, world: int = 1, checkpoints=None,
         "history": history,
     }
     storage.write_json(evaluate.run_uri(cfg, "metrics.json"), summary)
+    log.info("done: best epoch %d (val %s %.4f), test %s %.4f, %d epochs in %.0fs -> %s", best["epoch"], monitor,
+             best[monitor], monitor, test.get(monitor, float("nan")), len(history), summary["wall_s"],
+             evaluate.run_uri(cfg, "metrics.json"))
     if checkpoints is not None:
         checkpoints.finished()
     tb.scalars(best["epoch"], summary["test"], "test/")

@@ -114,7 +114,7 @@ def test_corrupt_manifest_is_one_line(trained, tmp_path):
 
     root = tmp_path / "root"
     shutil.copytree(trained.run_root, root)
-    manifest = root / "dataset" / storage.MANIFEST
+    manifest = root / "dataset" / storage.GROUP_MANIFEST  # the dataset is one group commit
     manifest.write_text(manifest.read_text()[:40])
     line = _one_line(_run("irllrec_dist.evaluate", f"run_root={root}", "train.run_name=c", "train.batch_size=256"),
                      "evaluate")
