@@ -48,13 +48,13 @@ infos = s3.get_file_info(fs.FileSelector(sys.argv[1], recursive=True, allow_not_
 print(json.dumps({i.path: i.size for i in infos if i.type == fs.FileType.File}))
 """
 
-_WORKER_ACTORS = r"""
+_ACTORS = r"""
 import json, sys
 from ray.util.state import list_actors
-acts = list_actors(address=sys.argv[1], filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000,
-                   raise_on_missing_output=False)
-print(json.dumps([{"actor_id": a.actor_id, "job_id": a.job_id, "node_id": a.node_id, "pid": a.pid,
-                   "state": a.state} for a in acts]))
+acts = list_actors(address=sys.argv[1], filters=[("class_name", "=", c) for c in sys.argv[2:]], detail=True,
+                   limit=10000, raise_on_missing_output=False)
+print(json.dumps([{"actor_id": a.actor_id, "class_name": a.class_name, "job_id": a.job_id, "node_id": a.node_id,
+                   "pid": a.pid, "state": a.state} for a in acts]))
 """
 
 
@@ -81,18 +81,26 @@ def list_s3(cluster: LocalCluster, prefix: str) -> dict[str, int]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def worker_actors(cluster: LocalCluster) -> list[dict]:
-    """Every Ray Train worker actor the cluster has seen (alive or dead), with its node id and job."""
-    proc = cluster.run_python("head", _WORKER_ACTORS, cluster.dashboard_url, check=True, timeout=120)
+def ray_actors(cluster: LocalCluster, class_name: str | None = None) -> list[dict]:
+    """Every actor (of that class) the cluster has seen, alive or dead, with its class, node id and
+    job, from Ray's state API."""
+    proc = cluster.run_python("head", _ACTORS, cluster.dashboard_url, *([class_name] if class_name else []),
+                              check=True, timeout=120)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def submit(cluster: LocalCluster, *args: str, wait: bool = True, timeout: float = 600, stdout=None):
-    """``launch/submit.sh`` (``ray job submit --working-dir <checkout> -- python -m irllrec_dist.train``)
+def worker_actors(cluster: LocalCluster) -> list[dict]:
+    """Every Ray Train worker actor the cluster has seen (alive or dead), with its node id and job."""
+    return ray_actors(cluster, "RayTrainWorker")
+
+
+def submit(cluster: LocalCluster, *args: str, wait: bool = True, timeout: float = 600, stdout=None,
+           stage: str = "train"):
+    """``launch/submit.sh`` (``ray job submit --working-dir <checkout> -- python -m irllrec_dist.<stage>``)
     run on the head node against the cluster's job API, as the README tells a user. ``wait=False``:
     the running Popen, its output (stdout and stderr) going to ``stdout`` (an open file)."""
     argv = ["bash", f"{REPO}/launch/submit.sh", *args]
-    env = {"RAY_ADDRESS": cluster.dashboard_url}
+    env = {"RAY_ADDRESS": cluster.dashboard_url, "STAGE": stage}
     if wait:
         return cluster.exec("head", argv, env=env, timeout=timeout)
     return cluster.popen("head", argv, env=env, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

