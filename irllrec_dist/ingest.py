@@ -11,13 +11,12 @@ with a ``text`` column). A rerun with the same config and input is skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 
 from irllrec_dist import storage
-from irllrec_dist.config import Config, add_config_args, load_config
+from irllrec_dist.config import Config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.cold_start import hold_out_cold
 from irllrec_dist.data.readers import READERS, SPLITS, InputError
@@ -33,8 +32,9 @@ def _input_fingerprint(source: str) -> list:
         entries = fs.ls(path, detail=True)
     except FileNotFoundError as e:
         raise InputError(f"{source}: input folder not found") from e
-    return sorted((e["name"].rsplit("/", 1)[-1], e.get("size"), str(e.get("mtime") or e.get("LastModified")))
-                  for e in entries)
+    return sorted(
+        (e["name"].rsplit("/", 1)[-1], e.get("size"), str(e.get("mtime") or e.get("LastModified"))) for e in entries
+    )
 
 
 def run(cfg: Config, force: bool = False) -> dict:
@@ -69,29 +69,30 @@ def run(cfg: Config, force: bool = False) -> dict:
     except BaseException:
         writer.abort()
         raise
-    log.info("ingested %d users, %d items, %s edges in %.1fs -> %s", report["n_users"], report["n_items"],
-             {s: v.get("edges_after_cold_start", v["edges"]) for s, v in report["splits"].items()},
-             report["seconds"], out)
+    log.info(
+        "ingested %d users, %d items, %s edges in %.1fs -> %s",
+        report["n_users"],
+        report["n_items"],
+        {s: v.get("edges_after_cold_start", v["edges"]) for s, v in report["splits"].items()},
+        report["seconds"],
+        out,
+    )
     for side in ("users", "items"):
         if side in report.get("cold", {}):
             rep = report["cold"][side]
-            log.info("held out %d cold-start %s with %d edges (%s)", rep["count"], side, rep["edges"], rep["edges_from"])
+            log.info(
+                "held out %d cold-start %s with %d edges (%s)", rep["count"], side, rep["edges"], rep["edges_from"]
+            )
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    parser.add_argument("--force", action="store_true", help="re-ingest even if up to date")
-    from irllrec_dist.cli import run_main
+    from irllrec_dist.cli import config_main
 
-    def body(args) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        report = run(load_config(args.config, args.overrides), force=args.force)
-        print(json.dumps(report, indent=1))
-        return 0
+    def add_args(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--force", action="store_true", help="re-ingest even if up to date")
 
-    return run_main("ingest", parser, body, argv)  # bad input, config or storage: one line, exit code 2
+    return config_main("ingest", __doc__, lambda cfg, args: run(cfg, force=args.force), argv, add_args)
 
 
 if __name__ == "__main__":

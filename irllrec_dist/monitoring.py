@@ -23,7 +23,7 @@ class TensorBoardLog:
         if self.remote:
             self.local = tempfile.mkdtemp(prefix="irllrec-tb-")
         else:
-            self.local = uri[len("file://"):] if uri.startswith("file://") else uri
+            self.local = uri[len("file://") :] if uri.startswith("file://") else uri
             os.makedirs(self.local, exist_ok=True)
         self.writer = SummaryWriter(self.local)
 

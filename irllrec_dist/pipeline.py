@@ -17,9 +17,9 @@ import logging
 import sys
 import time
 
-from irllrec_dist import embed, evaluate, ingest, intents, storage, train
-from irllrec_dist.cli import run_main
-from irllrec_dist.config import Config, add_config_args, load_config
+from irllrec_dist import artifacts, embed, evaluate, ingest, intents, storage, train
+from irllrec_dist.cli import config_main
+from irllrec_dist.config import Config
 from irllrec_dist.data import synthetic
 
 log = logging.getLogger("irllrec_dist.pipeline")
@@ -36,8 +36,14 @@ def ensure_synthetic(cfg: Config) -> Config:
         tables = synthetic.generate(cfg.synthetic)
         synthetic.write_raw(tables, raw)
         storage.write_json(marker, want)  # written last: the raw folder is complete
-        log.info("synthetic: %d users, %d items, %d train edges in %.1fs -> %s", cfg.synthetic.n_users,
-                 cfg.synthetic.n_items, tables["train"].num_rows, time.time() - t0, raw)
+        log.info(
+            "synthetic: %d users, %d items, %d train edges in %.1fs -> %s",
+            cfg.synthetic.n_users,
+            cfg.synthetic.n_items,
+            tables["train"].num_rows,
+            time.time() - t0,
+            raw,
+        )
     cfg.ingest.source = raw
     cfg.ingest.format = "parquet"
     return cfg
@@ -51,8 +57,12 @@ def format_table(summary: dict) -> str:
         if split not in summary:
             continue
         m = summary[split]
-        rows.append(f"{split:10} | " + " | ".join(f"{m[f'recall@{k}']:.4f}" for k in ks) + " | "
-                    + " | ".join(f"{m[f'ndcg@{k}']:.4f}" for k in ks))
+        rows.append(
+            f"{split:10} | "
+            + " | ".join(f"{m[f'recall@{k}']:.4f}" for k in ks)
+            + " | "
+            + " | ".join(f"{m[f'ndcg@{k}']:.4f}" for k in ks)
+        )
     return "\n".join(rows)
 
 
@@ -60,26 +70,24 @@ def sample_intents(cfg: Config, n: int = 3) -> list[str]:
     """A few generated descriptions to show (parsed ones first), one line each."""
     lines = []
     for side in ("items", "users"):
-        uri = intents.side_uri(cfg.run_root, side)
+        uri = artifacts.side_uri(cfg.run_root, side)
         if not storage.is_complete(uri):
             continue
-        rows = intents.read_intents(cfg.run_root, side).to_pylist()
+        rows = artifacts.read_intents(cfg.run_root, side).to_pylist()
         rows.sort(key=lambda r: (r["fallback"], r["status"] != "ok", r["id"]))
         for r in rows[:n]:
-            lines.append(f"{side[:-1]} {r['id']} [{r['status']}{', fallback' if r['fallback'] else ''}]: "
-                         f"profile {r['profile'][:160]!r}; intents {r['intents'][:6]}")
+            lines.append(
+                f"{side[:-1]} {r['id']} [{r['status']}{', fallback' if r['fallback'] else ''}]: "
+                f"profile {r['profile'][:160]!r}; intents {r['intents'][:6]}"
+            )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    return run_main("pipeline", parser, _main, argv)
+    return config_main("pipeline", __doc__, _main, argv)
 
 
-def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_config(args.config, args.overrides)
+def _main(cfg: Config, args: argparse.Namespace) -> None:
     t0 = time.time()
     cfg = ensure_synthetic(cfg)
     ingest.run(cfg)
@@ -89,20 +97,23 @@ def _main(args: argparse.Namespace) -> int:
         embed.run(cfg)
     summary = train.run(cfg)
     reference = evaluate.reference_rows(cfg)
-    print(f"\nrun root: {cfg.run_root}   best epoch: {summary['best_epoch']}   "
-          f"wall: {time.time() - t0:.0f}s   peak RSS: {summary['peak_rss_mib']:.0f} MiB")
+    print(
+        f"\nrun root: {cfg.run_root}   best epoch: {summary['best_epoch']}   "
+        f"wall: {time.time() - t0:.0f}s   peak RSS: {summary['peak_rss_mib']:.0f} MiB"
+    )
     print(format_table(summary))
     for name, row in reference.items():
         cold = "".join(f"   {c} R@20 {row[c]['recall@20']:.4f}" for c in ("cold_users", "cold_items") if c in row)
         print(f"reference, {name}: test R@20 {row['test']['recall@20']:.4f}  N@20 {row['test']['ndcg@20']:.4f}{cold}")
     if cfg.intents.enabled:
-        report = intents.read_report(cfg.run_root)
+        report = artifacts.read_report(cfg.run_root)
         for side, rep in report["sides"].items():
-            print(f"intents/{side}: {rep['entities']} described by {cfg.intents.model}, parse success "
-                  f"{100 * rep['parse_success_rate_first']:.0f}% first try, {100 * rep['parse_success_rate_final']:.0f}% "
-                  f"after re-asks, {rep['fallback']} fallbacks")
+            print(
+                f"intents/{side}: {rep['entities']} described by {cfg.intents.model}, parse success "
+                f"{100 * rep['parse_success_rate_first']:.0f}% first try, {100 * rep['parse_success_rate_final']:.0f}% "
+                f"after re-asks, {rep['fallback']} fallbacks"
+            )
         print("\n".join(sample_intents(cfg)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,9 +31,15 @@ from irllrec_dist.cli import StageError
 
 # Numbers in a history record that are not loss terms.
 NOT_TERMS = frozenset({"epoch", "epoch_s", "edges_per_s", "allreduce_bytes_per_step", "table_rows_bytes_per_step"})
-TERM_TITLES = {"loss": "loss (weighted sum)", "bpr": "bpr", "reg": "reg (L2)", "prf": "prf (profile InfoNCE)",
-               "ia": "ia (intent alignment)", "ta": "ta (translation alignment)",
-               "itm": "itm (interaction-text matching)"}
+TERM_TITLES = {
+    "loss": "loss (weighted sum)",
+    "bpr": "bpr",
+    "reg": "reg (L2)",
+    "prf": "prf (profile InfoNCE)",
+    "ia": "ia (intent alignment)",
+    "ta": "ta (translation alignment)",
+    "itm": "itm (interaction-text matching)",
+}
 
 
 def available() -> bool:
@@ -83,20 +89,35 @@ def by_epoch(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.nda
     values: dict[int, list[float]] = {}
     seeds = 0
     for r in runs:
-        points = [(rec["epoch"], rec[key]) for rec in r.get("history", []) if key in rec
-                  and isinstance(rec[key], (int, float)) and math.isfinite(rec[key])]
+        points = [
+            (rec["epoch"], rec[key])
+            for rec in r.get("history", [])
+            if key in rec and isinstance(rec[key], (int, float)) and math.isfinite(rec[key])
+        ]
         seeds += bool(points)
         for epoch, v in points:
             values.setdefault(int(epoch), []).append(float(v))
     epochs = np.array(sorted(values), dtype=np.int64)
     stack = [values[e] for e in epochs]
-    return (epochs, np.array([np.mean(v) for v in stack]), np.array([min(v) for v in stack]),
-            np.array([max(v) for v in stack]), seeds)
+    return (
+        epochs,
+        np.array([np.mean(v) for v in stack]),
+        np.array([min(v) for v in stack]),
+        np.array([max(v) for v in stack]),
+        seeds,
+    )
 
 
 def _line(ax, epochs, mean, low, high, color, label, marker=True) -> None:
-    ax.plot(epochs, mean, color=color, label=label, marker="o" if marker and len(epochs) <= 40 else None,
-            markersize=3, linewidth=1.6)
+    ax.plot(
+        epochs,
+        mean,
+        color=color,
+        label=label,
+        marker="o" if marker and len(epochs) <= 40 else None,
+        markersize=3,
+        linewidth=1.6,
+    )
     if np.any(high > low):
         ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
 
@@ -111,8 +132,11 @@ def loss_terms(groups: dict[str, list[dict]]) -> list[str]:
     for runs in groups.values():
         for r in runs:
             for rec in r.get("history", []):
-                found |= {k for k, v in rec.items() if k not in NOT_TERMS and not k.startswith("val_")
-                          and isinstance(v, (int, float))}
+                found |= {
+                    k
+                    for k, v in rec.items()
+                    if k not in NOT_TERMS and not k.startswith("val_") and isinstance(v, (int, float))
+                }
     order = list(TERM_TITLES)
     return sorted(found, key=lambda t: (order.index(t) if t in order else len(order), t))
 
@@ -130,8 +154,9 @@ def validation_figure(groups: dict[str, list[dict]], metric: str = "recall@20"):
         _line(ax, epochs, mean, low, high, colors[g], f"{g} ({_seeds(n)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric_label(metric)}")
-    ax.set_title(f"Validation {metric_label(metric)} by epoch (line: mean over seeds; band: min to max)",
-                 fontsize="medium")
+    ax.set_title(
+        f"Validation {metric_label(metric)} by epoch (line: mean over seeds; band: min to max)", fontsize="medium"
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
     return fig
@@ -156,7 +181,7 @@ def loss_figure(groups: dict[str, list[dict]]):
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean loss per step")
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(terms):]:
+    for ax in list(axes.flat)[len(terms) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in axes.flat:  # a preset without the first panel's term still gets into the legend
@@ -189,14 +214,23 @@ def degree_figure(groups: dict[str, list[dict]], metric: str = "recall@20"):
         low = np.array([min(v) if v else np.nan for v in vals])
         high = np.array([max(v) if v else np.nan for v in vals])
         yerr = np.vstack([mean - low, high - mean]) if len(runs) > 1 else None
-        ax.bar(x - 0.4 + width * (j + 0.5), mean, width, yerr=yerr, capsize=3, color=colors[g],
-               label=f"{g} ({_seeds(len(runs))})")
+        ax.bar(
+            x - 0.4 + width * (j + 0.5),
+            mean,
+            width,
+            yerr=yerr,
+            capsize=3,
+            color=colors[g],
+            label=f"{g} ({_seeds(len(runs))})",
+        )
     users = [first[b].get("users") for b in buckets]
     ax.set_xticks(x, [f"{b}\n({u} users)" if u is not None else b for b, u in zip(buckets, users)])
     ax.set_xlabel("user's training degree (interactions)")
     ax.set_ylabel(f"test {metric_label(metric)}")
-    ax.set_title(f"Test {metric_label(metric)} by user degree (bar: mean over seeds; whisker: min to max)",
-                 fontsize="medium")
+    # two lines: on one the title is wider than a figure of few bars and is cut off
+    ax.set_title(
+        f"Test {metric_label(metric)} by user degree\n(bar: mean over seeds; whisker: min to max)", fontsize="medium"
+    )
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -210,9 +244,11 @@ def plot_runs(groups: dict[str, list[dict]], out_dir: str, metric: str = "recall
     """Draw the three figures of ``groups`` (``report.collect``) into ``out_dir``; -> the files written."""
     _require()
     written = []
-    for name, fig in ((f"val_{_file_metric(metric)}.png", validation_figure(groups, metric)),
-                      ("losses.png", loss_figure(groups)),
-                      (f"degree_{_file_metric(metric)}.png", degree_figure(groups, metric))):
+    for name, fig in (
+        (f"val_{_file_metric(metric)}.png", validation_figure(groups, metric)),
+        ("losses.png", loss_figure(groups)),
+        (f"degree_{_file_metric(metric)}.png", degree_figure(groups, metric)),
+    ):
         if fig is None:
             continue
         uri = storage.join(out_dir, name)
@@ -230,14 +266,22 @@ def run_curves_figure(summary: dict, monitor: str = "recall@20"):
         return None
     fig = _figure(12.5, 4.2)
     left, right = fig.subplots(1, 2, width_ratios=(1, 1.1))
-    keys = sorted({k for rec in history for k in rec if k.startswith("val_recall@")},
-                  key=lambda k: int(k.split("@")[1]))
+    keys = sorted(
+        {k for rec in history for k in rec if k.startswith("val_recall@")}, key=lambda k: int(k.split("@")[1])
+    )
     colors = _colors(keys)
     for key in keys:
         pts = [(rec["epoch"], rec[key]) for rec in history if key in rec]
         e, v = zip(*pts)
-        left.plot(e, v, marker="o" if len(e) <= 40 else None, markersize=3, color=colors[key],
-                  linewidth=2.0 if key == f"val_{monitor}" else 1.2, label=metric_label(key[4:]))
+        left.plot(
+            e,
+            v,
+            marker="o" if len(e) <= 40 else None,
+            markersize=3,
+            color=colors[key],
+            linewidth=2.0 if key == f"val_{monitor}" else 1.2,
+            label=metric_label(key[4:]),
+        )
     best = summary.get("best_epoch")
     if best is not None:
         left.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best})")
@@ -255,9 +299,15 @@ def run_curves_figure(summary: dict, monitor: str = "recall@20"):
         if pts:
             e, v = zip(*pts)
             # the weighted sum in black and wider, so that a term it equals (bpr) shows on top of it
-            right.plot(e, v, color="black" if t == "loss" else tcolors[t], linewidth=2.4 if t == "loss" else 1.3,
-                       linestyle="--" if t == "reg" else "-", label=TERM_TITLES.get(t, t),
-                       zorder=1 if t == "loss" else 2)
+            right.plot(
+                e,
+                v,
+                color="black" if t == "loss" else tcolors[t],
+                linewidth=2.4 if t == "loss" else 1.3,
+                linestyle="--" if t == "reg" else "-",
+                label=TERM_TITLES.get(t, t),
+                zorder=1 if t == "loss" else 2,
+            )
     if positive:
         right.set_yscale("log")
     right.set_xlabel("epoch")

@@ -67,7 +67,7 @@ def run_config_storage(cfg: Config) -> dict[str, Any]:
         refuse_if_multinode(cfg, uri)
         return {"storage_path": os.path.abspath(uri) if uri else None}
     if uri.startswith("s3://"):
-        return {"storage_path": uri[len("s3://"):].rstrip("/"), "storage_filesystem": s3_filesystem()}
+        return {"storage_path": uri[len("s3://") :].rstrip("/"), "storage_filesystem": s3_filesystem()}
     return {"storage_path": uri}
 
 
@@ -109,4 +109,5 @@ def refuse_if_multinode(cfg: Config, uri: str) -> None:
             f"train.ray_storage: this run spans {len(nodes)} nodes (the driver's and its {tc.workers} workers'), "
             f"but Ray Train's checkpoints would go to {where}, which each node has its own copy of; "
             "set train.ray_storage=s3://bucket/prefix (or use an s3:// run_root; file:///path for a mount "
-            "every node shares)")
+            "every node shares)"
+        )

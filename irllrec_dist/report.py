@@ -45,8 +45,11 @@ def _cell(values: list[float]) -> str:
 
 
 def table(groups: dict[str, list[dict]], split: str = "test") -> str:
-    head = "| run | seeds | " + " | ".join(m.replace("recall", "R").replace("ndcg", "N") for m in METRICS) + \
-        " | best epoch |"
+    head = (
+        "| run | seeds | "
+        + " | ".join(m.replace("recall", "R").replace("ndcg", "N") for m in METRICS)
+        + " | best epoch |"
+    )
     lines = [head, "|" + "---|" * (len(METRICS) + 3)]
     for group, runs in groups.items():
         runs = [r for r in runs if split in r]
@@ -54,32 +57,43 @@ def table(groups: dict[str, list[dict]], split: str = "test") -> str:
             continue
         cells = [_cell([r[split][m] for r in runs]) for m in METRICS]
         epochs = [r["best_epoch"] for r in runs if r.get("best_epoch") is not None]
-        lines.append(f"| {group} | {len(runs)} | " + " | ".join(cells) +
-                     f" | {', '.join(map(str, epochs)) or '-'} |")
+        lines.append(f"| {group} | {len(runs)} | " + " | ".join(cells) + f" | {', '.join(map(str, epochs)) or '-'} |")
     return "\n".join(lines)
 
 
 def degree_table(groups: dict[str, list[dict]], metric: str = "recall@20") -> str:
     buckets = next(iter(r["test_by_degree"] for runs in groups.values() for r in runs if "test_by_degree" in r))
-    lines = ["| run | " + " | ".join(f"{metric} users {b} ({buckets[b]['users']})" for b in buckets) + " |",
-             "|" + "---|" * (len(buckets) + 1)]
+    lines = [
+        "| run | " + " | ".join(f"{metric} users {b} ({buckets[b]['users']})" for b in buckets) + " |",
+        "|" + "---|" * (len(buckets) + 1),
+    ]
     for group, runs in groups.items():
         runs = [r for r in runs if "test_by_degree" in r]
         if runs:
-            lines.append(f"| {group} | " + " | ".join(_cell([r["test_by_degree"][b][metric] for r in runs])
-                                                     for b in buckets) + " |")
+            lines.append(
+                f"| {group} | "
+                + " | ".join(_cell([r["test_by_degree"][b][metric] for r in runs]) for b in buckets)
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_root")
-    parser.add_argument("--split", default="test", choices=("val", "test", "cold_users", "cold_items"),
-                        help="cold_*: the held-out cold-start users / items (ingest.cold_users / cold_items)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("val", "test", "cold_users", "cold_items"),
+        help="cold_*: the held-out cold-start users / items (ingest.cold_users / cold_items)",
+    )
     parser.add_argument("--by-degree", action="store_true")
     parser.add_argument("--plot", metavar="DIR", help="also draw PNGs of the runs into DIR (local or s3://)")
-    parser.add_argument("--metric", default="recall@20", help="what --plot draws by epoch and by degree "
-                        "(recall@K or ndcg@K with K in eval.ks; default recall@20)")
+    parser.add_argument(
+        "--metric",
+        default="recall@20",
+        help="what --plot draws by epoch and by degree (recall@K or ndcg@K with K in eval.ks; default recall@20)",
+    )
     return run_main("report", parser, _main, argv)
 
 

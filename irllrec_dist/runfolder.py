@@ -18,6 +18,7 @@ import threading
 from contextlib import contextmanager
 
 from irllrec_dist import storage
+from irllrec_dist.artifacts import run_uri
 from irllrec_dist.config import Config, config_yaml
 
 log = logging.getLogger("irllrec_dist.train")
@@ -25,14 +26,12 @@ log = logging.getLogger("irllrec_dist.train")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def run_uri(cfg: Config, *parts: str) -> str:
-    return storage.join(cfg.run_root, "runs", cfg.train.run_name, *parts)
-
-
 def write_config(cfg: Config) -> str:
     uri = run_uri(cfg, "config.yaml")
-    head = (f"# The resolved config of run {cfg.train.run_name}, written by train when it started.\n"
-            "# Run it again with: irllrec train --config <this file>\n")
+    head = (
+        f"# The resolved config of run {cfg.train.run_name}, written by train when it started.\n"
+        "# Run it again with: irllrec train --config <this file>\n"
+    )
     storage.write_bytes(uri, (head + config_yaml(cfg)).encode())
     return uri
 

@@ -25,7 +25,7 @@ def union_of_rows(rows: torch.Tensor, world: int) -> tuple[torch.Tensor, int]:
     dist.all_gather(sizes, torch.tensor([len(rows)], dtype=torch.int64, device=dev))
     width = int(max(s.item() for s in sizes))
     padded = torch.full((width,), -1, dtype=torch.int64, device=dev)
-    padded[:len(rows)] = rows
+    padded[: len(rows)] = rows
     gathered = [torch.empty(width, dtype=torch.int64, device=dev) for _ in range(world)]
     dist.all_gather(gathered, padded)
     union = torch.unique(torch.cat(gathered))
@@ -55,9 +55,11 @@ def allreduce_sparse_rows(table: torch.Tensor, world: int) -> int:
     the payload bytes this rank all-gathered and all-reduced (counted as in ``allreduce_rows``)."""
     grad = table.grad
     if grad is None:  # still takes part in the exchange, with no rows
-        grad = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64, device=table.device),
-                                       torch.zeros((0, *table.shape[1:]), dtype=table.dtype, device=table.device),
-                                       table.shape)
+        grad = torch.sparse_coo_tensor(
+            torch.zeros((1, 0), dtype=torch.int64, device=table.device),
+            torch.zeros((0, *table.shape[1:]), dtype=table.dtype, device=table.device),
+            table.shape,
+        )
     g = grad.coalesce()
     rows, values = g.indices()[0], g.values()
     union, index_bytes = union_of_rows(rows, world)
@@ -65,8 +67,9 @@ def allreduce_sparse_rows(table: torch.Tensor, world: int) -> int:
     buf.index_copy_(0, torch.searchsorted(union, rows), values)
     dist.all_reduce(buf)
     buf.div_(world)
-    table.grad = torch.sparse_coo_tensor(union.unsqueeze(0), buf, grad.shape, is_coalesced=True,
-                                         check_invariants=False)  # union is sorted and unique by construction
+    table.grad = torch.sparse_coo_tensor(
+        union.unsqueeze(0), buf, grad.shape, is_coalesced=True, check_invariants=False
+    )  # union is sorted and unique by construction
     return index_bytes + buf.numel() * buf.element_size()
 
 

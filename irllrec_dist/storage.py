@@ -51,12 +51,13 @@ import os
 import re
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "_manifest.json"
 GROUP_MANIFEST = "_group.json"  # its own name: a reader of one table looks for it above without reading unions
@@ -83,6 +84,7 @@ def lease_seconds() -> float:
 
 
 # ---------------------------------------------------------------- filesystems
+
 
 def storage_options(uri: str) -> dict[str, Any]:
     """Filesystem options taken from the environment only (never from configs).
@@ -157,6 +159,7 @@ def _modified(info: dict) -> float:
 
 # ---------------------------------------------------------------- manifests
 
+
 def _fail(where: str, what: str) -> CorruptOutput:
     return CorruptOutput(f"{where}: {what}")
 
@@ -174,8 +177,11 @@ def _check_entry(entry: Any, where: str, prefix: str = "") -> None:
             raise _fail(where, f"shard {n} is not an object")
         path, rows, size, digest = s.get("path"), s.get("num_rows"), s.get("bytes"), s.get("sha256")
         if not isinstance(path, str) or not _SHARD_RE.match(path) or not path.startswith(prefix):
-            raise _fail(where, f"shard {n} path {path!r} is not inside this output; expected "
-                               f"'{prefix}attempt-<time>-<id>/part-NNNNN.parquet'")
+            raise _fail(
+                where,
+                f"shard {n} path {path!r} is not inside this output; expected "
+                f"'{prefix}attempt-<time>-<id>/part-NNNNN.parquet'",
+            )
         for key, value in (("num_rows", rows), ("bytes", size)):
             if type(value) is not int or value < 0:
                 raise _fail(where, f"shard {n} '{key}' is {value!r}; expected a non-negative integer")
@@ -213,8 +219,11 @@ def _load_manifest(fs: fsspec.AbstractFileSystem, mpath: str, where: str, check:
         # the stage that writes it redoes the output.
         return None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise _fail(where, f"manifest format {manifest.get('format_version')!r}; expected {FORMAT_VERSION} "
-                           f"(written by another version of irllrec_dist: re-run the stage that writes it)")
+        raise _fail(
+            where,
+            f"manifest format {manifest.get('format_version')!r}; expected {FORMAT_VERSION} "
+            f"(written by another version of irllrec_dist: re-run the stage that writes it)",
+        )
     if not isinstance(manifest.get("config_hash"), str):
         raise _fail(where, "'config_hash' is missing or not a string")
     if not isinstance(manifest.get("meta", {}), dict):
@@ -255,9 +264,14 @@ def read_manifest(uri: str) -> dict | None:
         if entry is None:
             return None
         cut = len(name) + 1
-        return {**entry, "shards": [{**s, "path": s["path"][cut:]} for s in entry["shards"]],
-                "config_hash": group["config_hash"], "meta": group.get("meta", {}),
-                "format_version": FORMAT_VERSION, "committed_at": group.get("committed_at")}
+        return {
+            **entry,
+            "shards": [{**s, "path": s["path"][cut:]} for s in entry["shards"]],
+            "config_hash": group["config_hash"],
+            "meta": group.get("meta", {}),
+            "format_version": FORMAT_VERSION,
+            "committed_at": group.get("committed_at"),
+        }
     return _load_manifest(fs, f"{path}/{MANIFEST}", join(uri, MANIFEST))
 
 
@@ -316,6 +330,7 @@ def new_attempt() -> str:
 
 # ---------------------------------------------------------------- writing
 
+
 class ShardWriter:
     """Writes one output as Parquet shards under its own attempt and commits it with a manifest.
 
@@ -323,8 +338,14 @@ class ShardWriter:
     attempt's shards, leaving it normally commits.
     """
 
-    def __init__(self, uri: str, chash: str, meta: dict | None = None,
-                 rows_per_shard: int = 1_000_000, attempt: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        chash: str,
+        meta: dict | None = None,
+        rows_per_shard: int = 1_000_000,
+        attempt: str | None = None,
+    ):
         if type(rows_per_shard) is not int or rows_per_shard <= 0:
             raise ValueError(f"{uri}: rows_per_shard is {rows_per_shard!r}; expected a positive integer")
         self.uri = uri
@@ -351,20 +372,35 @@ class ShardWriter:
             rel = f"{self.attempt}/part-{len(self.shards):05d}.parquet"
             with self.fs.open(f"{self.path}/{rel}", "wb") as f:
                 f.write(data)
-            self.shards.append({"path": rel, "num_rows": min(self.rows_per_shard, table.num_rows - start),
-                                "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            self.shards.append(
+                {
+                    "path": rel,
+                    "num_rows": min(self.rows_per_shard, table.num_rows - start),
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
 
     def entry(self) -> dict:
         """This attempt's table entry (shards, rows, schema) for a manifest."""
         if self.schema is None:
             raise ValueError(f"{self.uri}: nothing was written")
-        return {"shards": self.shards, "num_rows": sum(s["num_rows"] for s in self.shards),
-                "schema": self.schema.to_string(show_schema_metadata=False),
-                "schema_ipc": self.schema.serialize().to_pybytes().hex()}
+        return {
+            "shards": self.shards,
+            "num_rows": sum(s["num_rows"] for s in self.shards),
+            "schema": self.schema.to_string(show_schema_metadata=False),
+            "schema_ipc": self.schema.serialize().to_pybytes().hex(),
+        }
 
     def commit(self) -> dict:
-        manifest = {"format_version": FORMAT_VERSION, **self.entry(), "config_hash": self.chash,
-                    "meta": self.meta, "attempt": self.attempt, "committed_at": _now()}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            **self.entry(),
+            "config_hash": self.chash,
+            "meta": self.meta,
+            "attempt": self.attempt,
+            "committed_at": _now(),
+        }
         _commit(self.fs, self.path, manifest, [f"{self.path}/{self.attempt}"])
         self.committed = True
         collect_garbage(self.uri)
@@ -375,7 +411,7 @@ class ShardWriter:
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -400,8 +436,9 @@ class GroupWriter:
 
     def write(self, name: str, table: pa.Table) -> None:
         if name not in self.writers:
-            self.writers[name] = ShardWriter(join(self.uri, name), self.chash,
-                                             rows_per_shard=self.rows_per_shard, attempt=self.attempt)
+            self.writers[name] = ShardWriter(
+                join(self.uri, name), self.chash, rows_per_shard=self.rows_per_shard, attempt=self.attempt
+            )
         self.writers[name].write(table)
 
     def commit(self, meta: dict | None = None) -> dict:
@@ -409,11 +446,18 @@ class GroupWriter:
         for name, w in self.writers.items():
             e = w.entry()
             tables[name] = {**e, "shards": [{**s, "path": f"{name}/{s['path']}"} for s in e["shards"]]}
-        manifest = {"format_version": FORMAT_VERSION, "kind": "group", "tables": tables,
-                    "config_hash": self.chash, "meta": dict(meta or {}), "attempt": self.attempt,
-                    "committed_at": _now()}
-        _commit(self.fs, self.path, manifest, [f"{w.path}/{w.attempt}" for w in self.writers.values()],
-                name=GROUP_MANIFEST)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": "group",
+            "tables": tables,
+            "config_hash": self.chash,
+            "meta": dict(meta or {}),
+            "attempt": self.attempt,
+            "committed_at": _now(),
+        }
+        _commit(
+            self.fs, self.path, manifest, [f"{w.path}/{w.attempt}" for w in self.writers.values()], name=GROUP_MANIFEST
+        )
         for w in self.writers.values():
             collect_garbage(w.uri)
         return manifest
@@ -442,9 +486,16 @@ def commit_union(uri: str, parts: dict[str, dict], chash: str, meta: dict | None
         attempts += sorted({f"{path}/{sub}/{s['path'].split('/')[0]}" for s in m["shards"]})
     if schema_ipc is None:
         raise ValueError(f"{uri}: a union of no parts")
-    manifest = {"format_version": FORMAT_VERSION, "shards": shards, "num_rows": sum(s["num_rows"] for s in shards),
-                "schema": schema, "schema_ipc": schema_ipc, "config_hash": chash, "meta": dict(meta or {}),
-                "committed_at": _now()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "shards": shards,
+        "num_rows": sum(s["num_rows"] for s in shards),
+        "schema": schema,
+        "schema_ipc": schema_ipc,
+        "config_hash": chash,
+        "meta": dict(meta or {}),
+        "committed_at": _now(),
+    }
     _commit(fs, path, manifest, attempts)
     return manifest
 
@@ -454,8 +505,9 @@ def renew_lease(fs: fsspec.AbstractFileSystem, attempt_path: str) -> None:
         f.write(_now().encode())
 
 
-def _commit(fs: fsspec.AbstractFileSystem, path: str, manifest: dict, attempts: list[str],
-            name: str = MANIFEST) -> None:
+def _commit(
+    fs: fsspec.AbstractFileSystem, path: str, manifest: dict, attempts: list[str], name: str = MANIFEST
+) -> None:
     """Renew the named attempts' leases, check their shards are there, then swap the manifest in."""
     for a in attempts:
         renew_lease(fs, a)
@@ -482,7 +534,8 @@ def _referenced_attempts(fs: fsspec.AbstractFileSystem, path: str) -> set[str]:
     above = []
     if parent:
         above = _shards_of(_load_manifest(fs, f"{parent}/{GROUP_MANIFEST}", "", check=False)) + _shards_of(
-            _load_manifest(fs, f"{parent}/{MANIFEST}", "", check=False))
+            _load_manifest(fs, f"{parent}/{MANIFEST}", "", check=False)
+        )
     own = _shards_of(_load_manifest(fs, f"{path}/{MANIFEST}", "", check=False))
     names = {str(s.get("path", "")).split("/")[0] for s in own if isinstance(s, dict)}
     for s in above:
@@ -552,8 +605,9 @@ def remove_stale_outputs(uri: str, keep: set[str], lease_s: float | None = None)
     return removed
 
 
-def write_table(uri: str, table: pa.Table, chash: str, meta: dict | None = None,
-                rows_per_shard: int = 1_000_000) -> dict:
+def write_table(
+    uri: str, table: pa.Table, chash: str, meta: dict | None = None, rows_per_shard: int = 1_000_000
+) -> dict:
     with ShardWriter(uri, chash, meta, rows_per_shard) as w:
         w.write(table)
         return w.commit()
@@ -561,8 +615,8 @@ def write_table(uri: str, table: pa.Table, chash: str, meta: dict | None = None,
 
 # ---------------------------------------------------------------- reading
 
-def _read_shard(fs: fsspec.AbstractFileSystem, uri: str, path: str, shard: dict,
-                columns: list[str] | None) -> pa.Table:
+
+def _read_shard(fs: fsspec.AbstractFileSystem, uri: str, path: str, shard: dict, columns: list[str] | None) -> pa.Table:
     where = join(uri, shard["path"])
     try:
         data = fs.cat_file(f"{path}/{shard['path']}")
@@ -599,8 +653,9 @@ def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
     for s in manifest["shards"]:
         part = _read_shard(fs, uri, path, s, cols)
         if part.schema.names != schema.names:
-            raise CorruptOutput(f"{join(uri, s['path'])}: columns {part.schema.names} differ from the "
-                                f"manifest's {schema.names}")
+            raise CorruptOutput(
+                f"{join(uri, s['path'])}: columns {part.schema.names} differ from the manifest's {schema.names}"
+            )
         try:
             parts.append(part.cast(schema))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

@@ -84,8 +84,9 @@ def list_s3(cluster: LocalCluster, prefix: str) -> dict[str, int]:
 def ray_actors(cluster: LocalCluster, class_name: str | None = None) -> list[dict]:
     """Every actor (of that class) the cluster has seen, alive or dead, with its class, node id and
     job, from Ray's state API."""
-    proc = cluster.run_python("head", _ACTORS, cluster.dashboard_url, *([class_name] if class_name else []),
-                              check=True, timeout=120)
+    proc = cluster.run_python(
+        "head", _ACTORS, cluster.dashboard_url, *([class_name] if class_name else []), check=True, timeout=120
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -94,8 +95,9 @@ def worker_actors(cluster: LocalCluster) -> list[dict]:
     return ray_actors(cluster, "RayTrainWorker")
 
 
-def submit(cluster: LocalCluster, *args: str, wait: bool = True, timeout: float = 600, stdout=None,
-           stage: str = "train"):
+def submit(
+    cluster: LocalCluster, *args: str, wait: bool = True, timeout: float = 600, stdout=None, stage: str = "train"
+):
     """``launch/submit.sh`` (``ray job submit --working-dir <checkout> -- python -m irllrec_dist.<stage>``)
     run on the head node against the cluster's job API, as the README tells a user. ``wait=False``:
     the running Popen, its output (stdout and stderr) going to ``stdout`` (an open file)."""

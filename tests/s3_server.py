@@ -28,11 +28,10 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 REGION = "us-east-1"
@@ -44,7 +43,8 @@ class S3ServerError(RuntimeError):
 
 def find_weed() -> str:
     """The `weed` binary: next to this interpreter (the venv's bin/) first, then PATH."""
-    from irllrec_dist.localcluster import ClusterError, find_weed as locate
+    from irllrec_dist.localcluster import ClusterError
+    from irllrec_dist.localcluster import find_weed as locate
 
     try:
         return locate()
@@ -100,17 +100,25 @@ class S3Server:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": REGION}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
     def filesystem(self):
         """A fresh (uncached) s3fs filesystem pointed at this server."""
         import s3fs
 
         return s3fs.S3FileSystem(
-            key=self.access_key, secret=self.secret_key, skip_instance_cache=True, use_listings_cache=False,
+            key=self.access_key,
+            secret=self.secret_key,
+            skip_instance_cache=True,
+            use_listings_cache=False,
             client_kwargs={"endpoint_url": self.endpoint, "region_name": REGION},
-            config_kwargs={"s3": {"addressing_style": "path"}})
+            config_kwargs={"s3": {"addressing_style": "path"}},
+        )
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -122,14 +130,17 @@ class S3Server:
 def _wait_port(port: int, proc: subprocess.Popen, deadline: float, log_path: Path) -> None:
     while True:
         if proc.poll() is not None:
-            raise S3ServerError(f"weed exited with code {proc.returncode} before S3 was ready:\n"
-                                + log_path.read_text(errors="replace")[-4000:])
+            raise S3ServerError(
+                f"weed exited with code {proc.returncode} before S3 was ready:\n"
+                + log_path.read_text(errors="replace")[-4000:]
+            )
         with contextlib.suppress(OSError):
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         if time.time() > deadline:
-            raise S3ServerError(f"S3 port {port} not listening after timeout:\n"
-                                + log_path.read_text(errors="replace")[-4000:])
+            raise S3ServerError(
+                f"S3 port {port} not listening after timeout:\n" + log_path.read_text(errors="replace")[-4000:]
+            )
         time.sleep(0.1)
 
 
@@ -144,27 +155,50 @@ def seaweedfs(bucket: str = "irllrec-test", timeout: float = 60.0, set_env: bool
     data_dir.mkdir()
     access_key = "AK" + secrets.token_hex(8).upper()
     secret_key = secrets.token_urlsafe(24)
-    creds = {"identities": [{"name": "irllrec-test",
-                             "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    creds = {
+        "identities": [
+            {
+                "name": "irllrec-test",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
     creds_path = tmp / "s3-identities.json"
     creds_path.write_text(json.dumps(creds))
     creds_path.chmod(0o600)
 
-    ((master, master_grpc), (volume, volume_grpc), (filer, filer_grpc),
-     (s3, s3_grpc), (admin, admin_grpc)) = free_port_pairs(5)
-    cmd = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-s3.config={creds_path}",
-           f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-           f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-           f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-           f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
-           f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}", "-admin.ui=false",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.telemetry=false"]
+    ((master, master_grpc), (volume, volume_grpc), (filer, filer_grpc), (s3, s3_grpc), (admin, admin_grpc)) = (
+        free_port_pairs(5)
+    )
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={creds_path}",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        f"-admin.port={admin}",
+        f"-admin.port.grpc={admin_grpc}",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-master.telemetry=false",
+    ]
     log_path = tmp / "weed.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=tmp, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp, start_new_session=True
+    )
     server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, bucket, data_dir, log_path, proc)
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
     try:
@@ -188,8 +222,7 @@ def seaweedfs(bucket: str = "irllrec-test", timeout: float = 60.0, set_env: bool
             except Exception as e:  # botocore/aiohttp raise several types while the server starts
                 last = e
             if time.time() > deadline:
-                raise S3ServerError(f"S3 not ready after {timeout:.0f}s (last error: {last!r}):\n"
-                                    f"{server.log_tail()}")
+                raise S3ServerError(f"S3 not ready after {timeout:.0f}s (last error: {last!r}):\n{server.log_tail()}")
             time.sleep(0.25)
         if set_env:
             os.environ.update(server.env)

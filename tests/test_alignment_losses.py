@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from irllrec_dist.model.ema import EMATeacher
-from irllrec_dist.model.losses import (hard_negative_indices, info_nce, matching_loss, perturb,
-                                       soft_target_nce, translation_alignment)
+from irllrec_dist.model.losses import (
+    hard_negative_indices,
+    info_nce,
+    matching_loss,
+    perturb,
+    soft_target_nce,
+    translation_alignment,
+)
 
 
 def test_info_nce_hand_computed():
@@ -41,8 +47,7 @@ def test_hard_negatives_follow_similarity_and_skip_self():
     sim = torch.tensor([[9.0, 0.0, 50.0], [50.0, 9.0, 0.0], [0.0, 50.0, 9.0]])
     idx = hard_negative_indices(sim, torch.Generator().manual_seed(0))
     assert idx.tolist() == [2, 0, 1]
-    many = torch.stack([hard_negative_indices(torch.zeros(4, 4), torch.Generator().manual_seed(s))
-                        for s in range(50)])
+    many = torch.stack([hard_negative_indices(torch.zeros(4, 4), torch.Generator().manual_seed(s)) for s in range(50)])
     assert not (many == torch.arange(4)).any()
     # rows whose other columns all underflow: uniform over the other columns, never the row itself
     flat = torch.tensor([[0.0, -1e5, -1e5], [-1e5, 0.0, -1e5], [1.0, 2.0, 3.0]])
@@ -60,8 +65,14 @@ def test_hard_negatives_match_the_softmax_distribution():
         counts[torch.arange(4), hard_negative_indices(sim, g)] += 1
     e = math.exp
     row0 = torch.tensor([0.0, e(1), e(2), e(0.5)]) / (e(1) + e(2) + e(0.5))
-    expected = torch.stack([row0, torch.tensor([e(3), 0.0, 1, e(1)]) / (e(3) + 1 + e(1)),
-                            torch.tensor([1.0, 1, 0, 1]) / 3, torch.tensor([1.0, 1, 1, 0]) / 3])
+    expected = torch.stack(
+        [
+            row0,
+            torch.tensor([e(3), 0.0, 1, e(1)]) / (e(3) + 1 + e(1)),
+            torch.tensor([1.0, 1, 0, 1]) / 3,
+            torch.tensor([1.0, 1, 1, 0]) / 3,
+        ]
+    )
     assert counts.diagonal().sum() == 0
     sigma = (expected * (1 - expected) / draws).sqrt()
     assert ((counts / draws - expected).abs() <= 4 * sigma + 1e-9).all(), counts / draws

@@ -7,8 +7,23 @@ from irllrec_dist import bench
 
 def test_bench_train_one_and_two_workers(tmp_path, capsys):
     out = tmp_path / "train.json"
-    bench.main(["train", "--sizes", "tiny", "--workers", "1,2", "--steps", "2", "--warmup", "1",
-                "--graph-cache", str(tmp_path / "graphs"), "--out", str(out)])
+    bench.main(
+        [
+            "train",
+            "--sizes",
+            "tiny",
+            "--workers",
+            "1,2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--graph-cache",
+            str(tmp_path / "graphs"),
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "edges/s/worker" in printed and "all-reduced B/step" in printed and "vs dense" in printed
     report = json.loads(out.read_text())
@@ -25,8 +40,24 @@ def test_bench_train_one_and_two_workers(tmp_path, capsys):
 
 def test_bench_sampler_saves_json(tmp_path, capsys):
     out = tmp_path / "sampler.json"
-    bench.main(["sampler", "--size", "tiny", "--batches", "3", "--warmup", "1", "--max-seconds", "5",
-                "--graph-cache", str(tmp_path / "graphs"), "--out", str(out), "--no-progress"])
+    bench.main(
+        [
+            "sampler",
+            "--size",
+            "tiny",
+            "--batches",
+            "3",
+            "--warmup",
+            "1",
+            "--max-seconds",
+            "5",
+            "--graph-cache",
+            str(tmp_path / "graphs"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert "batches/s" in capsys.readouterr().out
     report = json.loads(out.read_text())
     ours, keyed = report["results"]
@@ -43,8 +74,25 @@ def test_bench_step_times_the_real_step_on_an_ingested_dataset(tmp_path, capsys,
     preset.write_text(f"run_root: {tmp_path / 'root'}\ningest:\n  format: parquet\n  source: {tiny_raw}\n")
     ingest.run(load_config([str(preset)]))
     out = tmp_path / "step.json"
-    bench.main(["step", "--config", str(preset), "--presets", "lightgcn", "--compile", "off", "--steps", "2",
-                "--warmup", "1", "--profile", "--out", str(out), "train.batch_size=512"])
+    bench.main(
+        [
+            "step",
+            "--config",
+            str(preset),
+            "--presets",
+            "lightgcn",
+            "--compile",
+            "off",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--profile",
+            "--out",
+            str(out),
+            "train.batch_size=512",
+        ]
+    )
     assert "ms/step" in capsys.readouterr().out
     (row,) = json.loads(out.read_text())["results"]
     assert row["preset"] == "lightgcn" and row["speedup_vs_eager"] == 1.0 and row["ms_per_step"] > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from irllrec_dist import cli, evaluate, ingest, storage, train
+from irllrec_dist import artifacts, cli, ingest, storage, train
 from irllrec_dist.config import Config, ConfigError, SyntheticConfig
 from irllrec_dist.data import synthetic
 from irllrec_dist.data.readers import InputError
@@ -55,9 +55,11 @@ def test_misspelled_key_is_one_line_and_debug_adds_the_traceback():
 def test_every_stage_main_turns_config_errors_into_one_line(stage, capsys):
     """In-process through each stage's own main(): same helper, no interpreter start per stage."""
     main = importlib.import_module(f"irllrec_dist.{stage}").main
-    for override, message in (("train.sed=1", "unknown config key(s): train.sed"),
-                              ("train.lr=[1,", "override 'train.lr=[1,': the value is not valid YAML"),
-                              ("train.seed=~", "train.seed: expected a value, got null")):
+    for override, message in (
+        ("train.sed=1", "unknown config key(s): train.sed"),
+        ("train.lr=[1,", "override 'train.lr=[1,': the value is not valid YAML"),
+        ("train.seed=~", "train.seed: expected a value, got null"),
+    ):
         assert main([override]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"{stage}: {message}"), err
@@ -74,7 +76,8 @@ def test_report_and_bench_use_the_same_path(tmp_path, capsys):
 
     assert report.main([str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"report: FileNotFoundError: {tmp_path / 'nowhere' / 'runs'}: no runs folder (train a run under this run root)"]
+        f"report: FileNotFoundError: {tmp_path / 'nowhere' / 'runs'}: no runs folder (train a run under this run root)"
+    ]
     assert bench.main(["step", "--config", str(tmp_path / "none.yaml"), "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("bench: cannot read config file ")
@@ -83,27 +86,30 @@ def test_report_and_bench_use_the_same_path(tmp_path, capsys):
 def test_bad_input_is_one_line(tmp_path):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "train.parquet").write_bytes(b"PAR1 not parquet at all")
-    line = _one_line(_run("irllrec_dist.ingest", f"run_root={tmp_path / 'root'}",
-                          f"ingest.source={tmp_path / 'raw'}"), "ingest")
+    line = _one_line(
+        _run("irllrec_dist.ingest", f"run_root={tmp_path / 'root'}", f"ingest.source={tmp_path / 'raw'}"), "ingest"
+    )
     assert line.startswith("ingest: bad input: ") and "train.parquet" in line
 
 
 def test_truncated_checkpoint_names_the_file(trained):
-    uri = evaluate.run_uri(trained, "checkpoints", "best.pt")
+    uri = artifacts.run_uri(trained, "checkpoints", "best.pt")
     blob = storage.read_bytes(uri)
     try:
         storage.write_bytes(uri, blob[: len(blob) // 2])
-        line = _one_line(_run("irllrec_dist.evaluate", f"run_root={trained.run_root}", "train.run_name=c",
-                              "train.batch_size=256"), "evaluate")
-        assert line.startswith(f"evaluate: {uri}: not a readable checkpoint ({len(blob) // 2} bytes; truncated or "
-                               "corrupt: "), line
+        line = _one_line(
+            _run("irllrec_dist.evaluate", f"run_root={trained.run_root}", "train.run_name=c", "train.batch_size=256"),
+            "evaluate",
+        )
+        assert line.startswith(
+            f"evaluate: {uri}: not a readable checkpoint ({len(blob) // 2} bytes; truncated or corrupt: "
+        ), line
     finally:
         storage.write_bytes(uri, blob)
 
 
 def test_missing_checkpoint_and_missing_dataset_are_one_line(trained, tmp_path):
-    line = _one_line(_run("irllrec_dist.evaluate", f"run_root={trained.run_root}", "train.run_name=never"),
-                     "evaluate")
+    line = _one_line(_run("irllrec_dist.evaluate", f"run_root={trained.run_root}", "train.run_name=never"), "evaluate")
     assert "runs/never/checkpoints/best.pt: no checkpoint there" in line
     line = _one_line(_run("irllrec_dist.evaluate", f"run_root={tmp_path / 'empty'}"), "evaluate")
     assert f"{tmp_path / 'empty' / 'dataset'}" in line and "ingest" in line
@@ -116,8 +122,9 @@ def test_corrupt_manifest_is_one_line(trained, tmp_path):
     shutil.copytree(trained.run_root, root)
     manifest = root / "dataset" / storage.GROUP_MANIFEST  # the dataset is one group commit
     manifest.write_text(manifest.read_text()[:40])
-    line = _one_line(_run("irllrec_dist.evaluate", f"run_root={root}", "train.run_name=c", "train.batch_size=256"),
-                     "evaluate")
+    line = _one_line(
+        _run("irllrec_dist.evaluate", f"run_root={root}", "train.run_name=c", "train.batch_size=256"), "evaluate"
+    )
     assert str(manifest) in line or str(root / "dataset") in line
 
 
@@ -127,6 +134,7 @@ def test_classification_bugs_keep_their_traceback():
     def fails(exc):
         def body(args):
             raise exc
+
         return body
 
     parser = lambda: argparse.ArgumentParser()  # noqa: E731
@@ -137,12 +145,14 @@ def test_classification_bugs_keep_their_traceback():
     for bug in (TypeError("unsupported operand"), KeyError("model"), ZeroDivisionError()):
         with pytest.raises(type(bug)):
             cli.run_main("x", parser(), fails(bug), [])
+
     # a bug raised while handling a user error is still a bug
     def nested(args):
         try:
             raise FileNotFoundError("x")
         except FileNotFoundError:
             raise AttributeError("bug")
+
     with pytest.raises(AttributeError):
         cli.run_main("x", parser(), nested, [])
     assert cli.run_main("x", parser(), lambda args: None, []) == 0

@@ -64,18 +64,26 @@ def test_bad_values_are_one_line():
 
 
 def test_print_config_prints_the_resolved_yaml_and_runs_nothing(tmp_path):
-    proc = _irllrec("train", "--print-config", "--config", "configs/irllrec.yaml", "train.seed=7",
-                    f"run_root={tmp_path / 'nowhere'}")
+    proc = _irllrec(
+        "train",
+        "--print-config",
+        "--config",
+        "configs/irllrec.yaml",
+        "train.seed=7",
+        f"run_root={tmp_path / 'nowhere'}",
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     data = yaml.safe_load(proc.stdout)
     assert data["train"]["seed"] == 7 and data["model"]["name"] == "irllrec" and data["eval"]["ks"] == [5, 10, 20]
     assert not (tmp_path / "nowhere").exists()
     (tmp_path / "resolved.yaml").write_text(proc.stdout)  # reads back to the same config
     assert load_config(str(tmp_path / "resolved.yaml")) == load_config(
-        "configs/irllrec.yaml", ["train.seed=7", f"run_root={tmp_path / 'nowhere'}"])
+        "configs/irllrec.yaml", ["train.seed=7", f"run_root={tmp_path / 'nowhere'}"]
+    )
 
 
 # -------------------------------------------------------------------------- in-process, every stage
+
 
 @pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
 def test_every_stage_help_lists_its_sections(stage, capsys):
@@ -123,8 +131,9 @@ def test_unknown_command_and_no_command(capsys):
 
 
 def test_python_dash_m_forms_keep_working():
-    proc = subprocess.run([sys.executable, "-m", "irllrec_dist.evaluate", "--help"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "irllrec_dist.evaluate", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m irllrec_dist.evaluate ")
     assert "eval.export_top_k=20" in proc.stdout
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from irllrec_dist import embed, evaluate, ingest, report, storage, train
+from irllrec_dist import artifacts, embed, evaluate, ingest, report, scoring, storage, train
 from irllrec_dist.config import Config, ConfigError, SyntheticConfig, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data import synthetic
@@ -16,17 +16,20 @@ from irllrec_dist.model.dual_tower import cold_vectors, fused_item_vectors
 
 
 def _edges(pairs):
-    return pa.table({"user": pa.array([u for u, _ in pairs], pa.int64()),
-                     "item": pa.array([i for _, i in pairs], pa.int64())})
+    return pa.table(
+        {"user": pa.array([u for u, _ in pairs], pa.int64()), "item": pa.array([i for _, i in pairs], pa.int64())}
+    )
 
 
 def _tables():
     return {
         # user 3 and item 2 have no text: never cold; item 5 has text but no edge: never cold
-        "users": pa.table({"user_id": pa.array(range(5), pa.int64()),
-                           "text": pa.array(["a", "b", "c", None, "e"], pa.string())}),
-        "items": pa.table({"item_id": pa.array(range(6), pa.int64()),
-                           "text": pa.array(["a", "b", None, "d", "e", "f"], pa.string())}),
+        "users": pa.table(
+            {"user_id": pa.array(range(5), pa.int64()), "text": pa.array(["a", "b", "c", None, "e"], pa.string())}
+        ),
+        "items": pa.table(
+            {"item_id": pa.array(range(6), pa.int64()), "text": pa.array(["a", "b", None, "d", "e", "f"], pa.string())}
+        ),
         "train": _edges([(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 0), (3, 2), (4, 1)]),
         "val": _edges([(0, 3), (1, 4), (4, 0)]),
         "test": _edges([(2, 1), (3, 0), (3, 3), (4, 4)]),
@@ -34,7 +37,9 @@ def _tables():
 
 
 def _all_edges(tables, names):
-    return sorted(e for s in names for e in zip(tables[s].column("user").to_pylist(), tables[s].column("item").to_pylist()))
+    return sorted(
+        e for s in names for e in zip(tables[s].column("user").to_pylist(), tables[s].column("item").to_pylist())
+    )
 
 
 def test_hold_out_moves_every_edge_of_the_cold_entities_and_nothing_else():
@@ -49,7 +54,9 @@ def test_hold_out_moves_every_edge_of_the_cold_entities_and_nothing_else():
         assert not cold_i & set(out[s].column("item").to_pylist())
     # a cold user's edge to a cold item belongs to the cold user; cold_items holds warm users only
     assert not cold_u & set(out["cold_items"].column("user").to_pylist())
-    assert _all_edges(tables, ("train", "val", "test")) == _all_edges(out, ("train", "val", "test", "cold_users", "cold_items"))
+    assert _all_edges(tables, ("train", "val", "test")) == _all_edges(
+        out, ("train", "val", "test", "cold_users", "cold_items")
+    )
     for side, name in (("users", "cold_users"), ("items", "cold_items")):
         assert rep[side]["edges"] == out[name].num_rows == sum(rep[side]["edges_from"].values())
     again, _ = hold_out_cold(tables, users=0.5, items=0.5, seed=3)
@@ -88,14 +95,23 @@ def test_fused_and_cold_vectors_by_hand():
 def test_cold_metrics_by_hand(tmp_path):
     cfg = Config(run_root=str(tmp_path))
     cfg.eval.ks, cfg.eval.monitor_k = (1, 2), 1
-    data = ds.Dataset(n_users=3, n_items=5, train=np.array([[0, 0], [1, 1]]), val=np.zeros((0, 2), np.int64),
-                      test=np.zeros((0, 2), np.int64), user_raw=["u0", "u1", "u2"], item_raw=list("abcde"),
-                      user_text=[None] * 3, item_text=["t"] * 5,
-                      cold_users=np.array([[2, 1], [2, 3]]), cold_items=np.array([[0, 2], [0, 4], [1, 3]]))
+    data = ds.Dataset(
+        n_users=3,
+        n_items=5,
+        train=np.array([[0, 0], [1, 1]]),
+        val=np.zeros((0, 2), np.int64),
+        test=np.zeros((0, 2), np.int64),
+        user_raw=["u0", "u1", "u2"],
+        item_raw=list("abcde"),
+        user_text=[None] * 3,
+        item_text=["t"] * 5,
+        cold_users=np.array([[2, 1], [2, 3]]),
+        cold_items=np.array([[0, 2], [0, 4], [1, 3]]),
+    )
     users = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # warm items 0 and 1 would outrank everything; for the cold items they are not candidates
     items = torch.tensor([[9.0, 9.0], [9.0, 9.0], [1.0, 0.0], [0.5, 0.4], [0.0, 0.2]])
-    m = evaluate.cold_metrics(cfg, data, (users, items), (users, items))
+    m = scoring.cold_metrics(cfg, data, (users, items), (users, items))
     # cold items: user 0 ranks 2, 3, 4 with truth {2, 4}: R@1 = R@2 = 1/2; user 1 ranks 3, 4, 2, truth {3}: 1, 1
     assert m["cold_items"]["users"] == 2 and m["cold_items"]["items"] == 3
     assert m["cold_items"]["recall@1"] == pytest.approx(0.75) and m["cold_items"]["recall@2"] == pytest.approx(0.75)
@@ -107,11 +123,24 @@ def test_cold_metrics_by_hand(tmp_path):
 
 def test_cold_start_ingest_embed_train_fused_evaluate_report(tmp_path, capsys):
     raw = tmp_path / "raw"
-    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=5, n_users=150, n_items=80, n_intents=8,
-                                                           user_text=True)), str(raw))
-    cfg = load_config(None, [f"run_root={tmp_path / 'root'}", f"ingest.source={raw}", "ingest.cold_users=0.1",
-                             "ingest.cold_items=0.2", "loss.prf=0.01", "eval.fuse_text=0.5", "train.max_epochs=4",
-                             "train.threads=1", "train.batch_size=256", "train.run_name=con-s1"])
+    synthetic.write_raw(
+        synthetic.generate(SyntheticConfig(seed=5, n_users=150, n_items=80, n_intents=8, user_text=True)), str(raw)
+    )
+    cfg = load_config(
+        None,
+        [
+            f"run_root={tmp_path / 'root'}",
+            f"ingest.source={raw}",
+            "ingest.cold_users=0.1",
+            "ingest.cold_items=0.2",
+            "loss.prf=0.01",
+            "eval.fuse_text=0.5",
+            "train.max_epochs=4",
+            "train.threads=1",
+            "train.batch_size=256",
+            "train.run_name=con-s1",
+        ],
+    )
     rep = ingest.run(cfg)
     data = ds.load(cfg.run_root)
     cold_users, cold_items = np.unique(data.cold_users[:, 0]), np.unique(data.cold_items[:, 1])
@@ -121,7 +150,7 @@ def test_cold_start_ingest_embed_train_fused_evaluate_report(tmp_path, capsys):
         assert not np.isin(split[:, 0], cold_users).any() and not np.isin(split[:, 1], cold_items).any()
 
     embed.run(cfg)
-    users = storage.read_table(embed.embeddings_uri(cfg.run_root, "users"))
+    users = storage.read_table(artifacts.embeddings_uri(cfg.run_root, "users"))
     ids = users.column("id").to_numpy()
     assert np.isin(cold_users, ids).all()  # cold users are embedded from their own text
     u = int(cold_users[0])
@@ -161,9 +190,9 @@ def test_cold_start_ingest_embed_train_fused_evaluate_report(tmp_path, capsys):
     for name in ds.COLD_TABLES:
         assert storage.read_manifest(storage.join(ds.dataset_uri(cfg.run_root), name)) is None
     with pytest.raises(InputError, match="another ingest"):
-        embed.load_text_inputs(cfg.run_root, data.n_users, data.n_items)
+        artifacts.load_text_inputs(cfg.run_root, data.n_users, data.n_items)
     embed.run(cfg)
-    assert embed.load_text_inputs(cfg.run_root, data.n_users, data.n_items).user_has.all()
+    assert artifacts.load_text_inputs(cfg.run_root, data.n_users, data.n_items).user_has.all()
 
 
 def test_fuse_text_needs_the_profile_tower():
@@ -175,16 +204,17 @@ def test_llm_path_embeds_cold_users_from_their_own_text(tmp_path):
     from test_text_pipeline import _write_intents
 
     raw = tmp_path / "raw"
-    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=6, n_users=60, n_items=40, n_intents=4,
-                                                           user_text=True)), str(raw))
+    synthetic.write_raw(
+        synthetic.generate(SyntheticConfig(seed=6, n_users=60, n_items=40, n_intents=4, user_text=True)), str(raw)
+    )
     cfg = load_config(None, [f"run_root={tmp_path / 'root'}", f"ingest.source={raw}", "ingest.cold_users=0.1"])
     ingest.run(cfg)
     data = ds.load(cfg.run_root)
     cold = np.unique(data.cold_users[:, 0])
     _write_intents(cfg.run_root, "items", [(0, "A quiet place to read.", ["reading", "quiet"])])
     embed.run(cfg)
-    users = storage.read_table(embed.embeddings_uri(cfg.run_root, "users"))
-    meta = storage.read_manifest(embed.embeddings_uri(cfg.run_root, "users"))["meta"]
+    users = storage.read_table(artifacts.embeddings_uri(cfg.run_root, "users"))
+    meta = storage.read_manifest(artifacts.embeddings_uri(cfg.run_root, "users"))["meta"]
     assert meta["text_source"] == "intents" and meta["own_text_without_training_items"] == len(cold) == 6
     ids = users.column("id").to_numpy()
     assert np.array_equal(ids, np.sort(ids)) and len(ids) == 60

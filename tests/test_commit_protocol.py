@@ -5,30 +5,32 @@ Every assertion reads through the same verified reader the stages use
 shard would raise ``CorruptOutput`` there.
 """
 
-import json
 import multiprocessing as mp
 import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_ingest import write_csv
 
 from irllrec_dist import ingest, storage
 from irllrec_dist.config import Config
 from irllrec_dist.data import dataset as ds
 
-from test_ingest import write_csv
-
 LEASE_S = "5"  # far longer than one write here, far shorter than the default hour: GC runs all along
 
 
 def _table(writer: int, rnd: int, n: int) -> pa.Table:
-    return pa.table({"writer": pa.array([writer] * n, pa.int64()), "round": pa.array([rnd] * n, pa.int64()),
-                     "x": pa.array(np.arange(n), pa.int64())})
+    return pa.table(
+        {
+            "writer": pa.array([writer] * n, pa.int64()),
+            "round": pa.array([rnd] * n, pa.int64()),
+            "x": pa.array(np.arange(n), pa.int64()),
+        }
+    )
 
 
 def _check(t: pa.Table) -> None:
@@ -121,7 +123,7 @@ def test_concurrent_writers_on_s3(monkeypatch):
     """The same race on a real S3 server (SeaweedFS), where the commit is one PUT."""
     from s3_server import seaweedfs
 
-    with seaweedfs(bucket="race") as s3:
+    with seaweedfs(bucket="race"):
         monkeypatch.setenv("IRLLREC_ATTEMPT_LEASE_S", LEASE_S)
         uri = "s3://race/out"
         _race(uri, n_writers=3, rounds=6, group=True)
@@ -171,9 +173,11 @@ KILLER = textwrap.dedent("""
     print("writes", count[0])
 """)
 
-EDGES = {"train": [(u, i) for u in range(6) for i in range(5) if (u + i) % 3],
-         "val": [(0, 0), (2, 1), (3, 3), (5, 4)],
-         "test": [(0, 3), (1, 2), (2, 4), (4, 2)]}
+EDGES = {
+    "train": [(u, i) for u in range(6) for i in range(5) if (u + i) % 3],
+    "val": [(0, 0), (2, 1), (3, 3), (5, 4)],
+    "test": [(0, 3), (1, 2), (2, 4), (4, 2)],
+}
 ITEM_TEXT = [f'{{"iid": {i}, "summary": "item {i} text"}}' for i in range(5)]
 
 
@@ -188,13 +192,22 @@ def _snapshot(root) -> dict:
     """What a reader gets from the dataset: its report and every table's rows."""
     data = ds.load(str(root))
     report = {k: v for k, v in ds.report(str(root)).items() if k != "seconds"}  # wall time differs
-    return {"report": report, "train": data.train.tolist(), "val": data.val.tolist(),
-            "cold_items": data.cold_items.tolist(), "items": data.item_raw}
+    return {
+        "report": report,
+        "train": data.train.tolist(),
+        "val": data.val.tolist(),
+        "cold_items": data.cold_items.tolist(),
+        "items": data.item_raw,
+    }
 
 
 def _run_killer(root, source, kill_at: int, cold: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", KILLER, str(root), str(source), str(kill_at), str(cold)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", KILLER, str(root), str(source), str(kill_at), str(cold)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_ingest_killed_before_each_write_leaves_the_old_dataset_whole(tmp_path):
@@ -237,11 +250,14 @@ def test_first_ingest_killed_leaves_nothing_a_reader_takes_for_data(tmp_path):
 
 # ------------------------------------------------------------------------- unions and leases
 
+
 def test_union_keeps_the_chunk_attempts_it_names(tmp_path, monkeypatch):
     """An intents side names its chunks' shards: collecting a chunk's garbage keeps them."""
     side = str(tmp_path / "side")
-    parts = {f"chunk-{k:05d}": storage.write_table(storage.join(side, f"chunk-{k:05d}"), _table(0, k, 4 + k), "c")
-             for k in range(3)}
+    parts = {
+        f"chunk-{k:05d}": storage.write_table(storage.join(side, f"chunk-{k:05d}"), _table(0, k, 4 + k), "c")
+        for k in range(3)
+    }
     storage.commit_union(side, parts, "s")
     # a retry rewrites chunk 1: its manifest now names another attempt, the side still the old one
     storage.write_table(storage.join(side, "chunk-00001"), _table(1, 1, 9), "c")

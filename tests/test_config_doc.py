@@ -14,13 +14,19 @@ DOC = REPO / "docs" / "config.md"
 
 def test_docs_config_md_is_up_to_date():
     assert DOC.is_file(), f"{DOC} is missing: run {config.DOC_COMMAND}"
-    assert DOC.read_text() == markdown(), (f"{DOC.relative_to(REPO)} is out of date with irllrec_dist/config.py: "
-                                           f"run {config.DOC_COMMAND}")
+    assert DOC.read_text() == markdown(), (
+        f"{DOC.relative_to(REPO)} is out of date with irllrec_dist/config.py: run {config.DOC_COMMAND}"
+    )
 
 
 def test_the_module_command_prints_the_same_file():
-    proc = subprocess.run([sys.executable, "-m", "irllrec_dist.config", "--markdown"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "irllrec_dist.config", "--markdown"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout == markdown(), proc.stderr
 
 
@@ -34,8 +40,12 @@ def test_every_key_is_documented_once_with_its_default_and_a_meaning():
     defaults = flatten(Config().to_dict())
     for d in docs:
         assert f"| `{d.key}` |" in text
-        if d.key in defaults and isinstance(defaults[d.key], (int, float, str)) and not isinstance(
-                defaults[d.key], bool) and defaults[d.key] != "":
+        if (
+            d.key in defaults
+            and isinstance(defaults[d.key], (int, float, str))
+            and not isinstance(defaults[d.key], bool)
+            and defaults[d.key] != ""
+        ):
             assert d.default == str(defaults[d.key]), d
 
 

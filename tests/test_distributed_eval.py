@@ -4,11 +4,10 @@ import os
 
 import numpy as np
 import torch.multiprocessing as mp
+from conftest import random_ranking_problem
 
 from irllrec_dist.gloo_group import free_port, loopback_gloo_group
 from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded
-
-from conftest import random_ranking_problem
 
 KS = (5, 10, 20)
 

@@ -45,9 +45,13 @@ def test_intent_view_matches_brute_force():
         per_layer = []
         for xu, xi in layers[:-1]:
             nbrs = [(i, m) for (uu, i), m in zip(EDGES.tolist(), mask.tolist()) if uu == u]
-            iu = intent(xu[u:u + 1], model.user_protos)[0]
-            alphas = torch.stack([(F.cosine_similarity(iu, intent(xi[i:i + 1], model.item_protos)[0], dim=0) + 1) / 2 * m
-                                  for i, m in nbrs])
+            iu = intent(xu[u : u + 1], model.user_protos)[0]
+            alphas = torch.stack(
+                [
+                    (F.cosine_similarity(iu, intent(xi[i : i + 1], model.item_protos)[0], dim=0) + 1) / 2 * m
+                    for i, m in nbrs
+                ]
+            )
             w = alphas / alphas.sum().clamp_min(1e-12)
             per_layer.append(sum(w[j] * xi[i] for j, (i, _) in enumerate(nbrs)))
         expected[k] = torch.stack(per_layer).mean(0)
@@ -57,9 +61,14 @@ def test_intent_view_matches_brute_force():
 
 def _text(dim=5):
     g = torch.Generator().manual_seed(1)
-    return TextInputs(torch.randn(NU, dim, generator=g), torch.randn(NU, dim, generator=g),
-                      torch.randn(NI, dim, generator=g), torch.randn(NI, dim, generator=g),
-                      torch.tensor([True, True, True, False]), torch.ones(NI, dtype=torch.bool))
+    return TextInputs(
+        torch.randn(NU, dim, generator=g),
+        torch.randn(NU, dim, generator=g),
+        torch.randn(NI, dim, generator=g),
+        torch.randn(NI, dim, generator=g),
+        torch.tensor([True, True, True, False]),
+        torch.ones(NI, dtype=torch.bool),
+    )
 
 
 def test_every_loss_term_is_finite_and_has_gradients():
@@ -72,12 +81,22 @@ def test_every_loss_term_is_finite_and_has_gradients():
     text = _text()
     model = build_model(cfg, NU, NI, text.dim)
     from irllrec_dist.model.ema import EMATeacher
+
     teacher = EMATeacher(model, 0.9)
     adj = build_adjacency(EDGES, NU, NI)
     mats = adj.matrices()
     bu, bp, bn = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 3, 3]), torch.tensor([1, 2, 0, 1])
-    terms = loss_terms(model, FullGraphViews(model, model.propagate(*mats), adj), bu, bp, bn, cfg.loss, text,
-                       FullGraphViews(teacher.module, teacher.propagate(*mats), adj), torch.Generator().manual_seed(0))
+    terms = loss_terms(
+        model,
+        FullGraphViews(model, model.propagate(*mats), adj),
+        bu,
+        bp,
+        bn,
+        cfg.loss,
+        text,
+        FullGraphViews(teacher.module, teacher.propagate(*mats), adj),
+        torch.Generator().manual_seed(0),
+    )
     assert set(terms) == {"bpr", "reg", "prf", "ia", "ta", "itm"}
     loss = weighted_sum(terms, cfg.loss)
     assert torch.isfinite(loss)
@@ -96,8 +115,15 @@ def test_weights_switch_terms_off():
     model = build_model(cfg, NU, NI, text.dim)  # plain LightGCN: no text modules
     assert not hasattr(model, "profile_mlp") and model.n_intents == 0
     adj = build_adjacency(EDGES, NU, NI)
-    terms = loss_terms(model, FullGraphViews(model, model.propagate(*adj.matrices()), adj), torch.tensor([0, 1]),
-                       torch.tensor([0, 1]), torch.tensor([3, 3]), cfg.loss, text)
+    terms = loss_terms(
+        model,
+        FullGraphViews(model, model.propagate(*adj.matrices()), adj),
+        torch.tensor([0, 1]),
+        torch.tensor([0, 1]),
+        torch.tensor([3, 3]),
+        cfg.loss,
+        text,
+    )
     assert set(terms) == {"bpr", "reg"}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from irllrec_dist import embed, evaluate, ingest, storage, train
+from irllrec_dist import artifacts, embed, evaluate, ingest, storage, train
 from irllrec_dist.cli import CheckpointError
 from irllrec_dist.config import Config, SyntheticConfig
 from irllrec_dist.data import synthetic
@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _raw(folder: Path, seed: int) -> Path:
-    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=seed, n_users=150, n_items=80, n_intents=8)),
-                        str(folder))
+    synthetic.write_raw(
+        synthetic.generate(SyntheticConfig(seed=seed, n_users=150, n_items=80, n_intents=8)), str(folder)
+    )
     return folder
 
 
@@ -43,7 +44,7 @@ def trained(tmp_path_factory):
     cfg = _cfg(tmp / "root", _raw(tmp / "raw", seed=5))
     ingest.run(cfg)
     train.run(cfg)
-    return cfg, storage.read_bytes(evaluate.run_uri(cfg, "eval_test.json"))
+    return cfg, storage.read_bytes(artifacts.run_uri(cfg, "eval_test.json"))
 
 
 def _copy(cfg: Config) -> Config:
@@ -67,25 +68,41 @@ def test_other_model_shape_is_refused_naming_the_key(trained):
     other.model.layers = 2  # loads into the same tables without error: silently other metrics before
     with pytest.raises(CheckpointError, match=r"best\.pt was trained with model\.layers=3, config has 2"):
         evaluate.run(other, "test")
-    assert storage.read_bytes(evaluate.run_uri(cfg, "eval_test.json")) == eval_json  # not overwritten
+    assert storage.read_bytes(artifacts.run_uri(cfg, "eval_test.json")) == eval_json  # not overwritten
 
     other.model.dim, other.train.seed = 16, 7  # every difference is named
-    with pytest.raises(CheckpointError, match=r"model\.dim=32, config has 16.*model\.layers=3, config has 2.*"
-                                              r"train\.seed=2023, config has 7"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.dim=32, config has 16.*model\.layers=3, config has 2.*"
+        r"train\.seed=2023, config has 7",
+    ):
         evaluate.run(other, "test")
 
 
 def test_cli_refuses_with_one_line_and_exit_code_2(trained):
     cfg, eval_json = trained
-    proc = subprocess.run([sys.executable, "-m", "irllrec_dist.evaluate", f"run_root={cfg.run_root}",
-                           "train.run_name=m", "model.layers=2", "train.max_epochs=2", "train.eval_every=1",
-                           "train.batch_size=256"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irllrec_dist.evaluate",
+            f"run_root={cfg.run_root}",
+            "train.run_name=m",
+            "model.layers=2",
+            "train.max_epochs=2",
+            "train.eval_every=1",
+            "train.batch_size=256",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("evaluate: checkpoint ") and "model.layers=3, config has 2" in lines[0]
-    assert storage.read_bytes(evaluate.run_uri(cfg, "eval_test.json")) == eval_json
+    assert storage.read_bytes(artifacts.run_uri(cfg, "eval_test.json")) == eval_json
 
 
 def test_reingested_dataset_is_refused_naming_both_hashes(tmp_path):
@@ -93,15 +110,19 @@ def test_reingested_dataset_is_refused_naming_both_hashes(tmp_path):
     cfg = _cfg(tmp_path / "root", _raw(tmp_path / "raw", seed=5))
     ingest.run(cfg)
     train.run(cfg)
-    trained_on = torch.load(io.BytesIO(storage.read_bytes(evaluate.run_uri(cfg, "checkpoints", "best.pt"))),
-                            weights_only=True)["inputs"]["dataset"]
+    trained_on = torch.load(
+        io.BytesIO(storage.read_bytes(artifacts.run_uri(cfg, "checkpoints", "best.pt"))), weights_only=True
+    )["inputs"]["dataset"]
     assert trained_on
     cfg.ingest.source = str(_raw(tmp_path / "raw2", seed=6))
     ingest.run(cfg)
-    now = evaluate.input_hashes(cfg)["dataset"]
+    now = artifacts.input_hashes(cfg)["dataset"]
     assert now != trained_on
-    with pytest.raises(CheckpointError, match=rf"dataset config hash {trained_on} \(checkpoint\) != {now} "
-                                              r"\(run root\).*re-run train"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"dataset config hash {trained_on} \(checkpoint\) != {now} "
+        r"\(run root\).*re-run train",
+    ):
         evaluate.run(cfg, "test")
 
 
@@ -113,14 +134,17 @@ def test_recomputed_embeddings_are_refused(tmp_path):
     evaluate.run(cfg, "test", export=False)  # as trained: accepted
     cfg.embed.batch_size = 7  # part of the embeddings' config hash: embed writes them again
     embed.run(cfg)
-    with pytest.raises(CheckpointError, match=r"user embeddings config hash \w+ \(checkpoint\) != \w+ \(run root\); "
-                                              r"item embeddings config hash \w+ \(checkpoint\) != \w+ \(run root\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"user embeddings config hash \w+ \(checkpoint\) != \w+ \(run root\); "
+        r"item embeddings config hash \w+ \(checkpoint\) != \w+ \(run root\)",
+    ):
         evaluate.run(cfg, "test")
 
 
 def test_checkpoint_without_recorded_inputs_or_with_other_loss_terms_is_refused(trained, tmp_path):
     cfg, _ = trained
-    uri = evaluate.run_uri(cfg, "checkpoints", "best.pt")
+    uri = artifacts.run_uri(cfg, "checkpoints", "best.pt")
     original = storage.read_bytes(uri)
     try:
         ckpt = torch.load(io.BytesIO(original), weights_only=True)

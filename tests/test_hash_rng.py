@@ -2,11 +2,11 @@
 
 import numpy as np
 import torch
+from test_neighbor_sampler import random_graph
 
 from irllrec_dist.graph import hash_rng
-from irllrec_dist.graph.neighbor_sampler import NeighborSampler, build_csr, drop_edges, propagate_blocks
-
-from test_neighbor_sampler import random_graph
+from irllrec_dist.graph.blocks import build_csr, drop_edges, propagate_blocks
+from irllrec_dist.graph.neighbor_sampler import NeighborSampler
 
 
 def test_pure_function_of_keys_and_broadcasts():
@@ -65,8 +65,11 @@ def test_a_nodes_sample_does_not_depend_on_the_rest_of_the_batch():
         assert torch.equal(h, h_whole[pos])  # same edges in the same order per node: bit for bit
         # and the dropout agrees edge by edge
         for bw, bh in zip(whole, blocks):
-            kept_w = {(int(bw.src_ids[s]), int(bw.src_ids[d])) for s, d, w in
-                      zip(bw.edge_src, bw.edge_dst, bw.weight) if w > 0}
+            kept_w = {
+                (int(bw.src_ids[s]), int(bw.src_ids[d]))
+                for s, d, w in zip(bw.edge_src, bw.edge_dst, bw.weight)
+                if w > 0
+            }
             for s, d, w in zip(bh.edge_src, bh.edge_dst, bh.weight):
                 assert ((int(bh.src_ids[s]), int(bh.src_ids[d])) in kept_w) == bool(w > 0)
     # another step samples differently

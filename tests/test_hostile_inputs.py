@@ -78,23 +78,37 @@ def refused(tmp_path, src, fmt, pattern):
 
 # ------------------------------------------------------------ line numbers are the file's
 
-@pytest.mark.parametrize("body, line, first", [
-    ("user,item\n0,0\n\n0,1\n0,0\n", 5, 2),                                 # a blank line counts
-    ("\ufeffuser,item\r\n0,0\r\n\r\n0,1\r\n0,0\r\n", 5, 2),                  # BOM and CRLF
-    ("\n\nuser,item\n0,0\n0,0\n", 5, 4),                                     # blank lines before the header
-    ('user,item,note\n0,0,"two\nlines"\n0,1,x\n0,0,y\n', 5, 2),             # a quoted field across lines
-    ('user,item,note\n0,1,"a ""quoted"" word"\n"0","0",\n0,0,"x\n\ny"\n', 4, 3),  # quotes, empty quoted line
-])
+
+@pytest.mark.parametrize(
+    "body, line, first",
+    [
+        ("user,item\n0,0\n\n0,1\n0,0\n", 5, 2),  # a blank line counts
+        ("\ufeffuser,item\r\n0,0\r\n\r\n0,1\r\n0,0\r\n", 5, 2),  # BOM and CRLF
+        ("\n\nuser,item\n0,0\n0,0\n", 5, 4),  # blank lines before the header
+        ('user,item,note\n0,0,"two\nlines"\n0,1,x\n0,0,y\n', 5, 2),  # a quoted field across lines
+        ('user,item,note\n0,1,"a ""quoted"" word"\n"0","0",\n0,0,"x\n\ny"\n', 4, 3),  # quotes, empty quoted line
+    ],
+)
 def test_csv_messages_name_the_line_as_in_the_file(tmp_path, body, line, first):
     src = write_csv(tmp_path / "src", {"train": body})
-    refused(tmp_path, src, "csv-jsonl", rf"total_trn\.csv line {line}: duplicate edge \(user 0, item 0\), first seen at "
-                                        rf".*total_trn\.csv line {first};")
+    refused(
+        tmp_path,
+        src,
+        "csv-jsonl",
+        rf"total_trn\.csv line {line}: duplicate edge \(user 0, item 0\), first seen at "
+        rf".*total_trn\.csv line {first};",
+    )
 
 
 def test_overlapping_splits_name_both_lines(tmp_path):
     src = write_csv(tmp_path / "src", {"train": "user,item\n0,0\n\n0,1\n", "test": "user,item\n2,0\n1,2\n0,1\n"})
-    refused(tmp_path, src, "csv-jsonl", r"total_trn\.csv line 4 and .*total_tst\.csv line 4: edge \(user 0, item 1\) is "
-                                        r"in both 'train' and 'test'")
+    refused(
+        tmp_path,
+        src,
+        "csv-jsonl",
+        r"total_trn\.csv line 4 and .*total_tst\.csv line 4: edge \(user 0, item 1\) is "
+        r"in both 'train' and 'test'",
+    )
 
 
 def test_jsonl_line_numbers_count_blank_and_crlf_lines(tmp_path):
@@ -105,16 +119,23 @@ def test_jsonl_line_numbers_count_blank_and_crlf_lines(tmp_path):
 
 def test_wrong_field_count_names_its_line(tmp_path):
     src = write_csv(tmp_path / "src", {"val": 'user,item\n0,2\n"1\n",0\n1,2,9\n'})
-    refused(tmp_path, src, "csv-jsonl",
-            r"total_val\.csv line 5: 3 field\(s\) '1,2,9'; expected 2 as in the header 'user,item'")
+    refused(
+        tmp_path,
+        src,
+        "csv-jsonl",
+        r"total_val\.csv line 5: 3 field\(s\) '1,2,9'; expected 2 as in the header 'user,item'",
+    )
 
 
 # ------------------------------------------------------------ valid oddities are read
 
+
 def test_bom_crlf_extra_columns_and_quoted_ids_are_read(tmp_path):
-    raw = {"train": "\ufeffuser,item,rating,ts\r\n0,0,5,1\r\n\"0\",1,3,2\r\n1,\"1\",4,3\r\n2,2,,4\r\n",
-           "val": "user,item\n0,2\n1,0",  # no final newline
-           "test": "item,user\n0,2\n2,1\n"}  # columns in another order
+    raw = {
+        "train": '\ufeffuser,item,rating,ts\r\n0,0,5,1\r\n"0",1,3,2\r\n1,"1",4,3\r\n2,2,,4\r\n',
+        "val": "user,item\n0,2\n1,0",  # no final newline
+        "test": "item,user\n0,2\n2,1\n",
+    }  # columns in another order
     items = "\ufeff" + jsonl(ITEMS, "\r\n")
     report, data = run(tmp_path, write_csv(tmp_path / "src", raw, items), "csv-jsonl")
     assert [report["splits"][s]["edges"] for s in CSV] == [4, 2, 2]
@@ -147,11 +168,21 @@ def test_jsonl_line_separators_inside_strings_are_text(tmp_path):
 
 
 def test_parquet_dictionary_and_large_string_columns_are_read(tmp_path):
-    tables = {"train": pa.table({"user": pa.array(["0", "0", "1", "2"]).dictionary_encode(),
-                                 "item": pa.array(["0", "1", "1", "2"], pa.large_string()),
-                                 "intents": pa.array([["a"], [], ["b"], ["c"]])})}  # extra nested column: ignored
-    items = pa.table({"item": pa.array([0, 1, 2], pa.uint8()).dictionary_encode(),
-                      "text": pa.array(["zero", "one", "zero"]).dictionary_encode()})
+    tables = {
+        "train": pa.table(
+            {
+                "user": pa.array(["0", "0", "1", "2"]).dictionary_encode(),
+                "item": pa.array(["0", "1", "1", "2"], pa.large_string()),
+                "intents": pa.array([["a"], [], ["b"], ["c"]]),
+            }
+        )
+    }  # extra nested column: ignored
+    items = pa.table(
+        {
+            "item": pa.array([0, 1, 2], pa.uint8()).dictionary_encode(),
+            "text": pa.array(["zero", "one", "zero"]).dictionary_encode(),
+        }
+    )
     _, data = run(tmp_path, write_parquet(tmp_path / "src", tables, items), "parquet")
     assert data.item_text == ["zero", "one", "zero"] and data.user_raw == ["0", "1", "2"]
     items = pa.table({"item": pa.array(["0", "1", "2"]), "text": pa.array(["a", None, "c"], pa.large_string())})
@@ -162,30 +193,44 @@ def test_parquet_dictionary_and_large_string_columns_are_read(tmp_path):
 # ------------------------------------------------------------ bad text files: one line each
 
 BAD_CSV = {
-    "invalid UTF-8": ({"val": b"user,item\n0,2\n1,\xff\n"},
-                      r"total_val\.csv line 3: invalid UTF-8 at byte offset 16 \(b'\\xff\\n'\)"),
-    "NUL byte": ({"val": b"user,item\n0,2\n1,0\x00\n"},
-                 r"total_val\.csv line 3: NUL byte at byte offset 17; expected text"),
+    "invalid UTF-8": (
+        {"val": b"user,item\n0,2\n1,\xff\n"},
+        r"total_val\.csv line 3: invalid UTF-8 at byte offset 16 \(b'\\xff\\n'\)",
+    ),
+    "NUL byte": (
+        {"val": b"user,item\n0,2\n1,0\x00\n"},
+        r"total_val\.csv line 3: NUL byte at byte offset 17; expected text",
+    ),
     "empty file": ({"train": b""}, r"total_trn\.csv: empty file; expected a header line 'user,item'"),
     "only blank lines": ({"train": b"\n\r\n\n"}, r"total_trn\.csv: empty file"),
     "only a header in train": ({"train": b"user,item\n"}, r"total_trn\.csv: no training edges"),
-    "duplicate header column": ({"test": b"user,item,user\n1,2,3\n"},
-                                r"total_tst\.csv line 1: column 'user' appears 2 times in the header"),
-    "wrong delimiter": ({"test": b"user;item\n1;2\n"},
-                        r"total_tst\.csv: missing column\(s\) \['user', 'item'\].*found \['user;item'\] "
-                        r"\(the header must be comma-separated\)"),
+    "duplicate header column": (
+        {"test": b"user,item,user\n1,2,3\n"},
+        r"total_tst\.csv line 1: column 'user' appears 2 times in the header",
+    ),
+    "wrong delimiter": (
+        {"test": b"user;item\n1;2\n"},
+        r"total_tst\.csv: missing column\(s\) \['user', 'item'\].*found \['user;item'\] "
+        r"\(the header must be comma-separated\)",
+    ),
     "tab-separated": ({"test": b"user\titem\n1\t2\n"}, r"missing column\(s\).*\['user\\titem'\]"),
     "no header": ({"test": b"1,2\n2,0\n"}, r"total_tst\.csv: missing column\(s\) \['user', 'item'\]"),
-    "lone carriage return": ({"val": b"user,item\n0,2\r1,0\n"},
-                             r"total_val\.csv line 2: carriage return not followed by a newline at byte offset 13"),
+    "lone carriage return": (
+        {"val": b"user,item\n0,2\r1,0\n"},
+        r"total_val\.csv line 2: carriage return not followed by a newline at byte offset 13",
+    ),
     "too few fields": ({"val": b"user,item\n0,2\n1\n"}, r"total_val\.csv line 3: 1 field\(s\) '1'; expected 2"),
     "blank-looking line of spaces": ({"val": b"user,item\n0,2\n   \n"}, r"total_val\.csv line 3: 1 field\(s\) '   '"),
     "unterminated quote": ({"val": b'user,item\n0,2\n"1,0\n'}, r"total_val\.csv line 3: "),
-    "quoted newline in an id": ({"val": b'user,item\n0,2\n"1\n",0\n'},
-                                r"total_val\.csv line 3: user id '1\\n' contains a control character"),
+    "quoted newline in an id": (
+        {"val": b'user,item\n0,2\n"1\n",0\n'},
+        r"total_val\.csv line 3: user id '1\\n' contains a control character",
+    ),
     "empty quoted id": ({"val": b'user,item\n0,2\n"",0\n'}, r"total_val\.csv line 3: empty 'user'; expected an id"),
-    "long garbage line": ({"val": b"user,item\n" + b"9," * 5000 + b"\n"},
-                          r"total_val\.csv line 2: 5001 field\(s\) '9,9,9.*expected 2"),
+    "long garbage line": (
+        {"val": b"user,item\n" + b"9," * 5000 + b"\n"},
+        r"total_val\.csv line 2: 5001 field\(s\) '9,9,9.*expected 2",
+    ),
 }
 
 
@@ -202,19 +247,25 @@ BAD_JSONL = {
     "raw newline in a string": (b'{"iid": 0, "s": "a\rb"}\n', r"line 1: not valid JSON \(Invalid control character at"),
     "duplicate key": (b'{"iid": 0, "iid": 1, "s": "a"}\n', r"line 1: key 'iid' appears twice in one object"),
     "deep nesting": (b'{"iid": 0, "s": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", r"line 1: not valid JSON"),
-    "deeply nested inner JSON": (json.dumps({"iid": 0, "s": "{" + '"a":{' * 50_000}).encode() + b"\n",
-                                 r"line 1: text looks like JSON but does not parse"),
+    "deeply nested inner JSON": (
+        json.dumps({"iid": 0, "s": "{" + '"a":{' * 50_000}).encode() + b"\n",
+        r"line 1: text looks like JSON but does not parse",
+    ),
     "text is a number": (b'{"iid": 0, "s": 5}\n', r"line 1: text is int; expected a string"),
-    "not an object": (b'[1, 2]\n', r"line 1: an array; expected a JSON object"),
+    "not an object": (b"[1, 2]\n", r"line 1: an array; expected a JSON object"),
     "two text fields": (b'{"iid": 0, "s": "a", "t": "b"}\n', r"line 1: expected exactly one text field beside 'iid'"),
     "NaN text": (b'{"iid": 0, "s": NaN}\n', r"line 1: not valid JSON \(ValueError: NaN is not JSON\)"),
     "empty text": (b'{"iid": 0, "s": "  "}\n', r"line 1: item id 0 has empty text"),
     # valid JSON, not Unicode: Arrow could not store it, and would fail far from the line
-    "unpaired surrogate in text": (b'{"iid": 0, "s": "a"}\n{"iid": 1, "s": "a\\ud800b"}\n',
-                                   r"line 2: unpaired UTF-16 surrogate '\\ud800' in 'a\\ud800b'"),
+    "unpaired surrogate in text": (
+        b'{"iid": 0, "s": "a"}\n{"iid": 1, "s": "a\\ud800b"}\n',
+        r"line 2: unpaired UTF-16 surrogate '\\ud800' in 'a\\ud800b'",
+    ),
     "unpaired surrogate in an id": (b'{"iid": "\\udfff", "s": "a"}\n', r"line 1: unpaired UTF-16 surrogate"),
-    "unpaired surrogate in inner JSON": ((json.dumps({"iid": 0, "s": '{"summarization": "x\\udc00"}'}) + "\n").encode(),
-                                         r"line 1: unpaired UTF-16 surrogate '\\udc00'"),
+    "unpaired surrogate in inner JSON": (
+        (json.dumps({"iid": 0, "s": '{"summarization": "x\\udc00"}'}) + "\n").encode(),
+        r"line 1: unpaired UTF-16 surrogate '\\udc00'",
+    ),
 }
 
 
@@ -228,7 +279,9 @@ def test_bad_jsonl_is_one_line(tmp_path, name):
 def test_hostile_values_cannot_break_the_message_line(tmp_path):
     nasty = "x\n\r\u2028\u2029\x1b[31m" * 50
     items = (json.dumps({"iid": nasty, "s": "t"}) + "\n").encode()
-    msg = refused(tmp_path, write_csv(tmp_path / "src", items=items), "csv-jsonl", r"item_profile\.json line 1: item id")
+    msg = refused(
+        tmp_path, write_csv(tmp_path / "src", items=items), "csv-jsonl", r"item_profile\.json line 1: item id"
+    )
     assert "\x1b" not in msg and "\u2028" not in msg and len(msg) < 700
 
 
@@ -247,24 +300,46 @@ def invalid_utf8_strings(n_bad_at: int, n: int = 3) -> pa.Array:
 BAD_PARQUET = {
     "not Parquet": ({"val": b"PAR1 this is not parquet"}, None, r"val\.parquet: unreadable Parquet file"),
     "empty file": ({"val": b""}, None, r"val\.parquet: unreadable Parquet file"),
-    "truncated": ({"val": parquet_bytes(pa.table({"user": [1, 2], "item": [3, 4]}))[:-30]}, None,
-                  r"val\.parquet: unreadable Parquet file"),
-    "text column of integers": (None, pa.table({"item": [0, 1], "text": [5, 6]}),
-                                r"items\.parquet: column 'text' has type int64; expected a string column"),
-    "text column of lists": (None, pa.table({"item": [0, 1], "text": [["a"], ["b"]]}),
-                             r"items\.parquet: column 'text' has type list<.*>; expected a string column"),
-    "invalid UTF-8 text": (None, pa.table({"item": [0, 1, 2], "text": invalid_utf8_strings(1)}),
-                           r"items\.parquet row 1: 'text' is not valid UTF-8"),
-    "invalid UTF-8 dictionary text": (None, pa.table({"item": [0, 1, 2],
-                                                      "text": invalid_utf8_strings(2).dictionary_encode()}),
-                                      r"items\.parquet row 2: 'text' is not valid UTF-8"),
-    "invalid UTF-8 id": ({"test": pa.table({"user": invalid_utf8_strings(0, 2), "item": ["0", "1"]})}, None,
-                         r"test\.parquet row 0: 'user' is not valid UTF-8"),
-    "null id": ({"test": pa.table({"user": pa.array([1, None]), "item": [0, 1]})}, None,
-                r"test\.parquet row 1: empty 'user'; expected an id"),
-    "duplicate columns": ({"test": pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3])],
-                                                        names=["user", "item", "user"])}, None,
-                          r"test\.parquet: column 'user' appears 2 times"),
+    "truncated": (
+        {"val": parquet_bytes(pa.table({"user": [1, 2], "item": [3, 4]}))[:-30]},
+        None,
+        r"val\.parquet: unreadable Parquet file",
+    ),
+    "text column of integers": (
+        None,
+        pa.table({"item": [0, 1], "text": [5, 6]}),
+        r"items\.parquet: column 'text' has type int64; expected a string column",
+    ),
+    "text column of lists": (
+        None,
+        pa.table({"item": [0, 1], "text": [["a"], ["b"]]}),
+        r"items\.parquet: column 'text' has type list<.*>; expected a string column",
+    ),
+    "invalid UTF-8 text": (
+        None,
+        pa.table({"item": [0, 1, 2], "text": invalid_utf8_strings(1)}),
+        r"items\.parquet row 1: 'text' is not valid UTF-8",
+    ),
+    "invalid UTF-8 dictionary text": (
+        None,
+        pa.table({"item": [0, 1, 2], "text": invalid_utf8_strings(2).dictionary_encode()}),
+        r"items\.parquet row 2: 'text' is not valid UTF-8",
+    ),
+    "invalid UTF-8 id": (
+        {"test": pa.table({"user": invalid_utf8_strings(0, 2), "item": ["0", "1"]})},
+        None,
+        r"test\.parquet row 0: 'user' is not valid UTF-8",
+    ),
+    "null id": (
+        {"test": pa.table({"user": pa.array([1, None]), "item": [0, 1]})},
+        None,
+        r"test\.parquet row 1: empty 'user'; expected an id",
+    ),
+    "duplicate columns": (
+        {"test": pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3])], names=["user", "item", "user"])},
+        None,
+        r"test\.parquet: column 'user' appears 2 times",
+    ),
     "missing column": ({"test": pa.table({"user": [1]})}, None, r"test\.parquet: missing column\(s\) \['item'\]"),
 }
 
@@ -278,11 +353,16 @@ def test_bad_parquet_is_one_line(tmp_path, name):
 def test_parquet_row_count_bomb_is_refused_from_the_footer(tmp_path):
     """3M equal rows compress to a few KB (RLE): the footer's row count is refused before decoding."""
     n = 3_000_000
-    blob = parquet_bytes(pa.table({"user": pa.repeat(pa.scalar(1), n), "item": pa.repeat(pa.scalar(2), n)}),
-                         compression="zstd")
+    blob = parquet_bytes(
+        pa.table({"user": pa.repeat(pa.scalar(1), n), "item": pa.repeat(pa.scalar(2), n)}), compression="zstd"
+    )
     assert len(blob) * 100 + 100_000 < n
-    refused(tmp_path, write_parquet(tmp_path / "src", {"val": blob}), "parquet",
-            rf"val\.parquet: declares {n} rows in {len(blob)} bytes; expected at most 100 rows per byte")
+    refused(
+        tmp_path,
+        write_parquet(tmp_path / "src", {"val": blob}),
+        "parquet",
+        rf"val\.parquet: declares {n} rows in {len(blob)} bytes; expected at most 100 rows per byte",
+    )
 
 
 def test_parquet_dictionary_text_bomb_is_refused_before_decoding(tmp_path):
@@ -292,9 +372,13 @@ def test_parquet_dictionary_text_bomb_is_refused_before_decoding(tmp_path):
     items = pa.table({"item": pa.array(list(range(n))), "text": text})
     blob = parquet_bytes(items, compression="zstd")
     tables = {"train": pa.table({"user": [0] * n, "item": list(range(n))})}
-    refused(tmp_path, write_parquet(tmp_path / "src", tables, blob), "parquet",
-            rf"items\.parquet: 'text' decodes to {n * 200_000} bytes from a file of {len(blob)} bytes; "
-            rf"expected at most 1000")
+    refused(
+        tmp_path,
+        write_parquet(tmp_path / "src", tables, blob),
+        "parquet",
+        rf"items\.parquet: 'text' decodes to {n * 200_000} bytes from a file of {len(blob)} bytes; "
+        rf"expected at most 1000",
+    )
 
 
 # ------------------------------------------------------------ fuzz: nothing but success or one InputError line
@@ -361,8 +445,12 @@ def fast_dir(tmp_path):
 
 
 def fuzz(tmp_path, fmt, src, targets, budget):
-    out = subprocess.run([sys.executable, "-c", FUZZ, fmt, str(src), str(tmp_path / "root"), str(budget), *targets],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", FUZZ, fmt, str(src), str(tmp_path / "root"), str(budget), *targets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # A crash (segfault: negative return code) or an uncaught error fails here.
     assert out.returncode == 0, out.stderr[-4000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -373,8 +461,10 @@ def fuzz(tmp_path, fmt, src, targets, budget):
 
 def test_fuzz_csv_and_jsonl(fast_dir):
     tmp_path = fast_dir
-    src = write_csv(tmp_path / "src", items=jsonl([{"iid": 0, "s": "{\"summarization\": \"zero\"}"},
-                                                   {"iid": 1, "s": "one"}, {"iid": 2, "s": "two"}]))
+    src = write_csv(
+        tmp_path / "src",
+        items=jsonl([{"iid": 0, "s": '{"summarization": "zero"}'}, {"iid": 1, "s": "one"}, {"iid": 2, "s": "two"}]),
+    )
     fuzz(tmp_path, "csv-jsonl", src, ["total_trn.csv", "item_profile.json"], budget=40)
 
 
@@ -394,8 +484,11 @@ def test_fuzz_pickles(fast_dir):
 
     src = tmp_path / "src"
     src.mkdir()
-    for s, name, cls, proto in (("train", "trn_mat.pkl", "csr_matrix", 4), ("val", "val_mat.pkl", "coo_matrix", 2),
-                                ("test", "tst_mat.pkl", "csc_array", 5)):
+    for s, name, cls, proto in (
+        ("train", "trn_mat.pkl", "csr_matrix", 4),
+        ("val", "val_mat.pkl", "coo_matrix", 2),
+        ("test", "tst_mat.pkl", "csc_array", 5),
+    ):
         rows = [tuple(map(int, line.split(","))) for line in GOOD[s].splitlines()[1:]]
         e = np.array(rows)
         m = getattr(sp, cls)(sp.coo_matrix((np.ones(len(e), np.float32), (e[:, 0], e[:, 1])), shape=(3, 3)))

@@ -78,14 +78,23 @@ class RawArray:
 
 def csr_state(indptr, indices, data=None, shape=(3, 3)):
     indices = np.asarray(indices, dtype=np.int32)
-    return {"_shape": shape, "indptr": np.asarray(indptr, dtype=np.int32), "indices": indices,
-            "data": np.ones(len(indices), np.float32) if data is None else data, "maxprint": 50}
+    return {
+        "_shape": shape,
+        "indptr": np.asarray(indptr, dtype=np.int32),
+        "indices": indices,
+        "data": np.ones(len(indices), np.float32) if data is None else data,
+        "maxprint": 50,
+    }
 
 
 def coo_state(row, col, data=None, shape=(3, 3)):
     row = np.asarray(row, dtype=np.int32)
-    return {"_shape": shape, "coords": (row, np.asarray(col, dtype=np.int32)),
-            "data": np.ones(len(row), np.float32) if data is None else data, "has_canonical_format": False}
+    return {
+        "_shape": shape,
+        "coords": (row, np.asarray(col, dtype=np.int32)),
+        "data": np.ones(len(row), np.float32) if data is None else data,
+        "has_canonical_format": False,
+    }
 
 
 def assert_one_line(msg: str, name: str):
@@ -93,6 +102,7 @@ def assert_one_line(msg: str, name: str):
 
 
 # ------------------------------------------------------------ valid variants are accepted
+
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 @pytest.mark.parametrize("cls", CLASSES)
@@ -119,8 +129,12 @@ def test_ingest_of_csc_arrays_under_protocol_5_equals_coo_under_4(tmp_path):
 @pytest.mark.parametrize("protocol", [0, 2, 5])
 def test_old_scipy_row_col_state_and_big_endian_arrays_are_read(tmp_path, protocol):
     """scipy < 1.13 pickled COO as row/col; a big-endian machine writes '>' dtypes."""
-    state = {"_shape": (np.int64(3), np.int32(3)), "row": np.array([0, 2], ">i8"), "col": np.array([1, 2], ">i4"),
-             "data": np.ones(2, ">f8")}  # numpy integers in the shape arrive as numpy scalars
+    state = {
+        "_shape": (np.int64(3), np.int32(3)),
+        "row": np.array([0, 2], ">i8"),
+        "col": np.array([1, 2], ">i4"),
+        "data": np.ones(2, ">f8"),
+    }  # numpy integers in the shape arrive as numpy scalars
     f = tmp_path / "old.pkl"
     f.write_bytes(pickle.dumps(Crafted(sp.coo_matrix, state), protocol=protocol))
     rows, cols, shape = load_pickled_matrix(str(f))
@@ -135,47 +149,78 @@ BAD_CSR = {
     "indptr does not start at 0": (csr_state([1, 2, 3, 4], [0, 1, 2, 0]), r"indptr starts at 1; expected 0"),
     "indptr ends past nnz": (csr_state([0, 1, 2, 9], [0, 1, 2]), r"indptr ends at 9 with 3 indices and 3 values"),
     "indptr too short for the shape": (csr_state([0, 1, 3], [0, 1, 2]), r"indptr has 3 entries; expected 3 \+ 1"),
-    "index beyond the columns": (csr_state([0, 1, 2, 3], [0, 1, 3]), r"entry 2: item id 3 out of range; expected 0 <= id < 3"),
+    "index beyond the columns": (
+        csr_state([0, 1, 2, 3], [0, 1, 3]),
+        r"entry 2: item id 3 out of range; expected 0 <= id < 3",
+    ),
     "negative index": (csr_state([0, 1, 2, 3], [0, -1, 2]), r"entry 1: item id -1 out of range"),
-    "data shorter than indices": (csr_state([0, 1, 2, 3], [0, 1, 2], np.ones(2, np.float32)),
-                                  r"indptr ends at 3 with 3 indices and 2 values; expected all three equal"),
-    "float indices": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array([0.0, 1.0, 2.0])},
-                      r"'indices' is a 1-d array of float64; expected a 1-d integer array"),
-    "2-d indptr": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indptr": np.array([[0, 1], [2, 3]], np.int32)},
-                   r"'indptr' is a 2-d array"),
-    "uint64 index beyond int64": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array([0, 1, 2**63], np.uint64)},
-                                  r"'indices' position 2 is 9223372036854775808; expected an index below 2\*\*63"),
-    "object indices": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array([0, 1, 2], dtype=object)},
-                       r"numpy dtype 'O8' \(only numeric dtypes are admitted\)"),
-    "object data": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "data": np.array([1, 1, 1], dtype=object)},
-                    r"numpy dtype 'O8'"),
-    "structured dtype": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "data": np.ones(3, dtype=[("a", "f4")])},
-                         r"numpy dtype 'V4'"),
-    "string array": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array(["0", "1", "2"])},
-                     r"numpy dtype 'U1'"),
-    "missing indptr": ({k: v for k, v in csr_state([0, 1, 2, 3], [0, 1, 2]).items() if k != "indptr"},
-                       r"'indptr' is NoneType; expected a numpy array"),
-    "list instead of array": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": [0, 1, 2]},
-                              r"'indices' is list; expected a numpy array"),
+    "data shorter than indices": (
+        csr_state([0, 1, 2, 3], [0, 1, 2], np.ones(2, np.float32)),
+        r"indptr ends at 3 with 3 indices and 2 values; expected all three equal",
+    ),
+    "float indices": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array([0.0, 1.0, 2.0])},
+        r"'indices' is a 1-d array of float64; expected a 1-d integer array",
+    ),
+    "2-d indptr": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "indptr": np.array([[0, 1], [2, 3]], np.int32)},
+        r"'indptr' is a 2-d array",
+    ),
+    "uint64 index beyond int64": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array([0, 1, 2**63], np.uint64)},
+        r"'indices' position 2 is 9223372036854775808; expected an index below 2\*\*63",
+    ),
+    "object indices": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array([0, 1, 2], dtype=object)},
+        r"numpy dtype 'O8' \(only numeric dtypes are admitted\)",
+    ),
+    "object data": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "data": np.array([1, 1, 1], dtype=object)},
+        r"numpy dtype 'O8'",
+    ),
+    "structured dtype": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "data": np.ones(3, dtype=[("a", "f4")])},
+        r"numpy dtype 'V4'",
+    ),
+    "string array": ({**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": np.array(["0", "1", "2"])}, r"numpy dtype 'U1'"),
+    "missing indptr": (
+        {k: v for k, v in csr_state([0, 1, 2, 3], [0, 1, 2]).items() if k != "indptr"},
+        r"'indptr' is NoneType; expected a numpy array",
+    ),
+    "list instead of array": (
+        {**csr_state([0, 1, 2, 3], [0, 1, 2]), "indices": [0, 1, 2]},
+        r"'indices' is list; expected a numpy array",
+    ),
     "shape of three": (csr_state([0, 1, 2, 3], [0, 1, 2], shape=(3, 3, 1)), r"shape is \(3, 3, 1\); expected two"),
     "negative shape": (csr_state([0, 1, 2, 3], [0, 1, 2], shape=(3, -3)), r"shape is \(3, -3\)"),
     "float shape": (csr_state([0, 1, 2, 3], [0, 1, 2], shape=(3.0, 3)), r"shape is \(3\.0, 3\)"),
-    "value not 1": (csr_state([0, 1, 2, 3], [0, 1, 2], np.array([1, 5, 1], np.float32)),
-                    r"entry 1 \(user 1, item 1\) has value 5\.0; expected implicit feedback"),
+    "value not 1": (
+        csr_state([0, 1, 2, 3], [0, 1, 2], np.array([1, 5, 1], np.float32)),
+        r"entry 1 \(user 1, item 1\) has value 5\.0; expected implicit feedback",
+    ),
     "NaN value": (csr_state([0, 1, 2, 3], [0, 1, 2], np.array([1, np.nan, 1], np.float64)), r"has value nan"),
 }
 
 BAD_COO = {
-    "row/col lengths differ": (coo_state([0, 1, 2], [0, 1]), r"has 3 rows, 2 cols and 3 values; expected equal lengths"),
+    "row/col lengths differ": (
+        coo_state([0, 1, 2], [0, 1]),
+        r"has 3 rows, 2 cols and 3 values; expected equal lengths",
+    ),
     "row beyond the shape": (coo_state([0, 7], [0, 1]), r"entry 1: user id 7 out of range; expected 0 <= id < 3"),
     "negative col": (coo_state([0, 1], [0, -2]), r"entry 1: item id -2 out of range"),
     "coords not a pair": ({**coo_state([0], [0]), "coords": (np.array([0], np.int32),)}, r"coords are"),
-    "bytes shorter than the shape": ({**coo_state([0], [0]), "data": RawArray((10**9,), np.dtype("f8"), b"\0" * 8)},
-                                     r"'data' holds 8 bytes; expected 1000000000 x 8 for shape"),
-    "bytes longer than the shape": ({**coo_state([0], [0]), "data": RawArray((1,), np.dtype("f4"), b"\0" * 64)},
-                                    r"'data' holds 64 bytes; expected 1 x 4"),
-    "raw data is a list": ({**coo_state([0], [0]), "data": RawArray((1,), np.dtype("f4"), [1.0])},
-                           r"'data' data is list; expected the array's bytes"),
+    "bytes shorter than the shape": (
+        {**coo_state([0], [0]), "data": RawArray((10**9,), np.dtype("f8"), b"\0" * 8)},
+        r"'data' holds 8 bytes; expected 1000000000 x 8 for shape",
+    ),
+    "bytes longer than the shape": (
+        {**coo_state([0], [0]), "data": RawArray((1,), np.dtype("f4"), b"\0" * 64)},
+        r"'data' holds 64 bytes; expected 1 x 4",
+    ),
+    "raw data is a list": (
+        {**coo_state([0], [0]), "data": RawArray((1,), np.dtype("f4"), [1.0])},
+        r"'data' data is list; expected the array's bytes",
+    ),
     "state is not a dict": (("not", "a", "dict"), r"coo_array state is tuple, not a dict"),
 }
 
@@ -219,8 +264,10 @@ class Call:
 
 HOSTILE_GLOBALS = {
     "bytes(n) allocates n bytes": (Call(bytes, 10**12), r"pickle holds bytes\(\) with arguments"),
-    "codecs with another codec": (Call(__import__("_codecs").encode, "x", "rot13"),
-                                  r"_codecs\.encode of something other than latin-1 text"),
+    "codecs with another codec": (
+        Call(__import__("_codecs").encode, "x", "rot13"),
+        r"_codecs\.encode of something other than latin-1 text",
+    ),
     "eval": (Call(eval, "1+1"), r"pickle asks for (builtins|__builtin__)\.eval, which is not in the allow-list"),
     "numpy.load": (Call(np.load, "x"), r"pickle asks for numpy\..*load.*not in the allow-list"),
     "scipy class with constructor arguments": (Call(sp.csr_matrix, (3, 3)), r"csr_matrix constructed with arguments"),
@@ -242,20 +289,26 @@ def pickle_bytes_with_length(opcode: bytes, declared: int) -> bytes:
     return b"\x80\x05" + opcode + declared.to_bytes(8, "little") + b"abc"
 
 
-@pytest.mark.parametrize("blob, message", [
-    (pickle_bytes_with_length(b"\x96", 2**40), r"not a readable pickle near byte"),  # BYTEARRAY8 of 1 TiB
-    (pickle_bytes_with_length(b"\x8e", 2**40), r"not a readable pickle near byte"),  # BINBYTES8
-    (pickle_bytes_with_length(b"\x8d", 2**40), r"not a readable pickle near byte"),  # BINUNICODE8
-    (b"\x80\x04\x95" + (2**40).to_bytes(8, "little") + b"N.", r"pickle frame at byte 2 declares 1099511627776 bytes"),
-    (b"\x80\x02" + b"}" * 200_000 + b".", r"more than 100000 opcodes"),
-    # found by the fuzz: a LONG_BINPUT index makes the C unpickler grow its memo to that size
-    (b"\x80\x02}r" + (2**24).to_bytes(4, "little") + b".", r"pickle stores memo entry 16777216 at byte 3"),
-    (b"(dp99999999\n.", r"pickle stores memo entry 99999999 at byte 2"),
-    (b"", r"empty file"),
-    (b"not a pickle at all", r"not a readable pickle"),
-    (pickle.dumps(matrix(EDGES["train"]), protocol=4)[:-40], r"pickle frame at byte 2 declares \d+ bytes but"),
-    (pickle.dumps(matrix(EDGES["train"]), protocol=2)[:-40], r"not a readable pickle"),
-])
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (pickle_bytes_with_length(b"\x96", 2**40), r"not a readable pickle near byte"),  # BYTEARRAY8 of 1 TiB
+        (pickle_bytes_with_length(b"\x8e", 2**40), r"not a readable pickle near byte"),  # BINBYTES8
+        (pickle_bytes_with_length(b"\x8d", 2**40), r"not a readable pickle near byte"),  # BINUNICODE8
+        (
+            b"\x80\x04\x95" + (2**40).to_bytes(8, "little") + b"N.",
+            r"pickle frame at byte 2 declares 1099511627776 bytes",
+        ),
+        (b"\x80\x02" + b"}" * 200_000 + b".", r"more than 100000 opcodes"),
+        # found by the fuzz: a LONG_BINPUT index makes the C unpickler grow its memo to that size
+        (b"\x80\x02}r" + (2**24).to_bytes(4, "little") + b".", r"pickle stores memo entry 16777216 at byte 3"),
+        (b"(dp99999999\n.", r"pickle stores memo entry 99999999 at byte 2"),
+        (b"", r"empty file"),
+        (b"not a pickle at all", r"not a readable pickle"),
+        (pickle.dumps(matrix(EDGES["train"]), protocol=4)[:-40], r"pickle frame at byte 2 declares \d+ bytes but"),
+        (pickle.dumps(matrix(EDGES["train"]), protocol=2)[:-40], r"not a readable pickle"),
+    ],
+)
 def test_declared_lengths_are_checked_against_the_bytes_present(tmp_path, blob, message):
     src = write(tmp_path / "src")
     (src / "trn_mat.pkl").write_bytes(blob)
@@ -272,13 +325,17 @@ def test_declared_lengths_are_checked_against_the_bytes_present(tmp_path, blob, 
 
 # ------------------------------------------------------------ declared shapes are bounded
 
+
 def test_declared_shape_bound_is_exact(tmp_path):
     """3 users and 3 items occur: a declared 2*3 + 1024 = 1030 is admitted (the padding is counted
     as entities without any edge), 1031 is refused naming the file and the bound."""
     ok = run_ingest(tmp_path / "ok", write(tmp_path / "ok_src", shape=(3 * 2 + DECLARED_SLACK, 3)))
     assert ok["n_users"] == 1030 and ok["users_without_any_edge"] == 1027
-    with pytest.raises(InputError, match=r"trn_mat\.pkl: declared shape gives 1031 users but only 3 distinct user "
-                                         r"ids occur in the matrices; expected at most 2 x 3 \+ 1024 = 1030") as e:
+    with pytest.raises(
+        InputError,
+        match=r"trn_mat\.pkl: declared shape gives 1031 users but only 3 distinct user "
+        r"ids occur in the matrices; expected at most 2 x 3 \+ 1024 = 1030",
+    ) as e:
         run_ingest(tmp_path / "bad", write(tmp_path / "bad_src", shape=(3 * 2 + DECLARED_SLACK + 1, 3)))
     assert_one_line(str(e.value), "trn_mat.pkl")
 
@@ -292,8 +349,11 @@ def test_huge_declared_shape_allocates_nothing_per_declared_id(tmp_path, cls):
     assert (src / "trn_mat.pkl").stat().st_size < 1024
     tracemalloc.start()
     try:
-        with pytest.raises(InputError, match=r"trn_mat\.pkl: declared shape gives 1000000000000 (users|items) but "
-                                             r"only 3 distinct .* expected at most 2 x 3 \+ 1024 = 1030"):
+        with pytest.raises(
+            InputError,
+            match=r"trn_mat\.pkl: declared shape gives 1000000000000 (users|items) but "
+            r"only 3 distinct .* expected at most 2 x 3 \+ 1024 = 1030",
+        ):
             run_ingest(tmp_path, src)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -335,8 +395,9 @@ MEASURE = textwrap.dedent("""
 
 def test_huge_declared_shape_peak_rss_in_a_fresh_process(tmp_path):
     src = write(tmp_path / "src", shape=(10**12, 10**12))
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(src), str(tmp_path / "root")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(src), str(tmp_path / "root")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["msg"] and "trn_mat.pkl" in res["msg"] and "expected at most" in res["msg"]
@@ -346,9 +407,19 @@ def test_huge_declared_shape_peak_rss_in_a_fresh_process(tmp_path):
 
 def test_cli_exits_2_with_one_line(tmp_path):
     src = write(tmp_path / "src", shape=(10**12, 10**12))
-    out = subprocess.run([sys.executable, "-m", "irllrec_dist.ingest", f"run_root={tmp_path / 'root'}",
-                          f"ingest.source={src}", "ingest.format=rlmrec-pickle"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irllrec_dist.ingest",
+            f"run_root={tmp_path / 'root'}",
+            f"ingest.source={src}",
+            "ingest.format=rlmrec-pickle",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("ingest: ") and "trn_mat.pkl" in last and "expected at most" in last

@@ -7,14 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from conftest import SHARED_DATA
 
 from irllrec_dist import ingest, storage
 from irllrec_dist.config import Config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.readers import InputError
 from irllrec_dist.data.validation import check_vectors
-
-from conftest import SHARED_DATA
 
 GOOD = {"train": [(0, 0), (0, 1), (1, 1), (2, 2)], "val": [(0, 2), (1, 0)], "test": [(2, 0), (1, 2)]}
 CSV_NAMES = {"train": "total_trn.csv", "val": "total_val.csv", "test": "total_tst.csv"}
@@ -38,8 +37,9 @@ def write_parquet(folder, splits=GOOD, items=None, drop_col=None):
             t = t.drop([drop_col])
         pq.write_table(t, folder / f"{s}.parquet")
     if items is not None:
-        pq.write_table(pa.table({"item": [i for i, _ in items], "text": [t for _, t in items]}),
-                       folder / "items.parquet")
+        pq.write_table(
+            pa.table({"item": [i for i, _ in items], "text": [t for _, t in items]}), folder / "items.parquet"
+        )
     return folder
 
 
@@ -47,8 +47,9 @@ def write_pickles(folder, shape=(3, 3), val_shape=None, bad_row=False, value=1.0
     folder.mkdir(parents=True, exist_ok=True)
     for s, name in (("train", "trn_mat.pkl"), ("val", "val_mat.pkl"), ("test", "tst_mat.pkl")):
         e = np.array(GOOD[s])
-        m = sp.coo_matrix((np.full(len(e), value), (e[:, 0], e[:, 1])),
-                          shape=val_shape if (s == "val" and val_shape) else shape)
+        m = sp.coo_matrix(
+            (np.full(len(e), value), (e[:, 0], e[:, 1])), shape=val_shape if (s == "val" and val_shape) else shape
+        )
         if bad_row and s == "test":
             m.row[0] = 7
         with open(folder / name, "wb") as f:
@@ -70,42 +71,96 @@ def run_ingest(tmp_path, source, fmt, **kw):
 
 
 BAD_CASES = {
-    "missing column": (lambda d: write_parquet(d, drop_col="item"), "parquet",
-                       r"train\.parquet: missing column\(s\) \['item'\]; expected \['user', 'item'\]"),
-    "duplicate edge": (lambda d: write_csv(d, {**GOOD, "train": GOOD["train"] + [(1, 1)]}), "csv-jsonl",
-                       r"total_trn\.csv line 6: duplicate edge \(user 1, item 1\), first seen at .*total_trn\.csv line 4"),
-    "splits overlap": (lambda d: write_csv(d, {**GOOD, "test": GOOD["test"] + [(0, 1)]}), "csv-jsonl",
-                       r"edge \(user 0, item 1\) is in both 'train' and 'test'.*expected disjoint splits"),
-    "empty text": (lambda d: write_csv(d, items=['{"iid": 0, "summary": "good"}', '{"iid": 1, "summary": "  "}']),
-                   "csv-jsonl", r"item_profile\.json line 2: item id 1 has empty text"),
-    "empty text parquet": (lambda d: write_parquet(d, items=[(0, "fine"), (2, "")]), "parquet",
-                           r"items\.parquet row 1: item id 2 has empty text"),
-    "text twice": (lambda d: write_csv(d, items=['{"iid": 0, "s": "a"}', '{"iid": 0, "s": "b"}']), "csv-jsonl",
-                   r"item_profile\.json line 2: item id 0 already has text at .*line 1"),
-    "broken json line": (lambda d: write_csv(d, items=['{"iid": 0, "s": "a"}', '{"iid": 1, "s": ']), "csv-jsonl",
-                         r"item_profile\.json line 2: not valid JSON"),
-    "broken inner json": (lambda d: write_csv(d, items=['{"iid": 0, "s": "{\\"summarization\\": "}']), "csv-jsonl",
-                          r"item_profile\.json line 1: text looks like JSON but does not parse"),
-    "no id in text": (lambda d: write_csv(d, items=['{"name": 0, "s": "a"}']), "csv-jsonl",
-                      r"item_profile\.json line 1: no id field"),
-    "empty id": (lambda d: write_csv(d, raw_override={"val": "user,item\n0,2\n,0\n"}), "csv-jsonl",
-                 r"total_val\.csv line 3: empty 'user'; expected an id"),
-    "id out of range": (lambda d: write_pickles(d, bad_row=True), "rlmrec-pickle",
-                        r"tst_mat\.pkl entry 0: user id 7 out of range; expected 0 <= id < 3"),
-    "shape mismatch": (lambda d: write_pickles(d, val_shape=(4, 3)), "rlmrec-pickle",
-                       r"val_mat\.pkl: shape \(4, 3\) differs from trn_mat\.pkl's \(3, 3\)"),
-    "non-binary value": (lambda d: write_pickles(d, value=2.0), "rlmrec-pickle",
-                         r"trn_mat\.pkl: entry 0 .* has value 2\.0; expected implicit feedback"),
-    "pickle outside allow-list": (lambda d: write_pickles(d, payload=Evil()), "rlmrec-pickle",
-                                  r"trn_mat\.pkl: pickle asks for posix\.system, which is not in the allow-list"),
-    "pickle of a dict": (lambda d: write_pickles(d, payload={"a": 1}), "rlmrec-pickle",
-                         r"trn_mat\.pkl: expected a scipy sparse matrix, got dict"),
-    "unreadable parquet": (lambda d: (write_parquet(d), (d / "val.parquet").write_bytes(b"garbage")), "parquet",
-                           r"val\.parquet: unreadable Parquet file"),
-    "missing file": (lambda d: (write_csv(d), (d / "total_tst.csv").unlink()), "csv-jsonl",
-                     r"no test edge list file; expected one of"),
-    "no training edges": (lambda d: write_csv(d, {**GOOD, "train": []}), "csv-jsonl",
-                          r"total_trn\.csv: no training edges"),
+    "missing column": (
+        lambda d: write_parquet(d, drop_col="item"),
+        "parquet",
+        r"train\.parquet: missing column\(s\) \['item'\]; expected \['user', 'item'\]",
+    ),
+    "duplicate edge": (
+        lambda d: write_csv(d, {**GOOD, "train": GOOD["train"] + [(1, 1)]}),
+        "csv-jsonl",
+        r"total_trn\.csv line 6: duplicate edge \(user 1, item 1\), first seen at .*total_trn\.csv line 4",
+    ),
+    "splits overlap": (
+        lambda d: write_csv(d, {**GOOD, "test": GOOD["test"] + [(0, 1)]}),
+        "csv-jsonl",
+        r"edge \(user 0, item 1\) is in both 'train' and 'test'.*expected disjoint splits",
+    ),
+    "empty text": (
+        lambda d: write_csv(d, items=['{"iid": 0, "summary": "good"}', '{"iid": 1, "summary": "  "}']),
+        "csv-jsonl",
+        r"item_profile\.json line 2: item id 1 has empty text",
+    ),
+    "empty text parquet": (
+        lambda d: write_parquet(d, items=[(0, "fine"), (2, "")]),
+        "parquet",
+        r"items\.parquet row 1: item id 2 has empty text",
+    ),
+    "text twice": (
+        lambda d: write_csv(d, items=['{"iid": 0, "s": "a"}', '{"iid": 0, "s": "b"}']),
+        "csv-jsonl",
+        r"item_profile\.json line 2: item id 0 already has text at .*line 1",
+    ),
+    "broken json line": (
+        lambda d: write_csv(d, items=['{"iid": 0, "s": "a"}', '{"iid": 1, "s": ']),
+        "csv-jsonl",
+        r"item_profile\.json line 2: not valid JSON",
+    ),
+    "broken inner json": (
+        lambda d: write_csv(d, items=['{"iid": 0, "s": "{\\"summarization\\": "}']),
+        "csv-jsonl",
+        r"item_profile\.json line 1: text looks like JSON but does not parse",
+    ),
+    "no id in text": (
+        lambda d: write_csv(d, items=['{"name": 0, "s": "a"}']),
+        "csv-jsonl",
+        r"item_profile\.json line 1: no id field",
+    ),
+    "empty id": (
+        lambda d: write_csv(d, raw_override={"val": "user,item\n0,2\n,0\n"}),
+        "csv-jsonl",
+        r"total_val\.csv line 3: empty 'user'; expected an id",
+    ),
+    "id out of range": (
+        lambda d: write_pickles(d, bad_row=True),
+        "rlmrec-pickle",
+        r"tst_mat\.pkl entry 0: user id 7 out of range; expected 0 <= id < 3",
+    ),
+    "shape mismatch": (
+        lambda d: write_pickles(d, val_shape=(4, 3)),
+        "rlmrec-pickle",
+        r"val_mat\.pkl: shape \(4, 3\) differs from trn_mat\.pkl's \(3, 3\)",
+    ),
+    "non-binary value": (
+        lambda d: write_pickles(d, value=2.0),
+        "rlmrec-pickle",
+        r"trn_mat\.pkl: entry 0 .* has value 2\.0; expected implicit feedback",
+    ),
+    "pickle outside allow-list": (
+        lambda d: write_pickles(d, payload=Evil()),
+        "rlmrec-pickle",
+        r"trn_mat\.pkl: pickle asks for posix\.system, which is not in the allow-list",
+    ),
+    "pickle of a dict": (
+        lambda d: write_pickles(d, payload={"a": 1}),
+        "rlmrec-pickle",
+        r"trn_mat\.pkl: expected a scipy sparse matrix, got dict",
+    ),
+    "unreadable parquet": (
+        lambda d: (write_parquet(d), (d / "val.parquet").write_bytes(b"garbage")),
+        "parquet",
+        r"val\.parquet: unreadable Parquet file",
+    ),
+    "missing file": (
+        lambda d: (write_csv(d), (d / "total_tst.csv").unlink()),
+        "csv-jsonl",
+        r"no test edge list file; expected one of",
+    ),
+    "no training edges": (
+        lambda d: write_csv(d, {**GOOD, "train": []}),
+        "csv-jsonl",
+        r"total_trn\.csv: no training edges",
+    ),
 }
 
 
@@ -138,7 +193,8 @@ def test_counted_not_dropped(tmp_path):
     assert report["splits"]["test"]["items_without_train"] == 2  # items 2 and 9
     assert report["items_without_any_edge"] == 1  # item 42 has text only
     assert report["items_text_without_edges"] == 1 and report["items_text_without_edges_sample"][0].endswith(
-        "item_profile.json line 2: '42'")  # kept as an entity, counted with its line
+        "item_profile.json line 2: '42'"
+    )  # kept as an entity, counted with its line
     assert report["item_with_text"] == 2
     data = ds.load(str(tmp_path / "root"))
     assert data.item_raw == ["0", "1", "2", "9", "42"]

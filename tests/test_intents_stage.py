@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import make_config
 
-from irllrec_dist import ingest, intents, storage
+from irllrec_dist import artifacts, ingest, intents, storage
 from irllrec_dist.config import ConfigError, SyntheticConfig
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data import synthetic
@@ -15,23 +16,30 @@ from irllrec_dist.llm import prompts as P
 from irllrec_dist.llm.backends import Backend, GenerationResult, Sampling, TransformersBackend
 from irllrec_dist.llm.parser import FAILED
 
-from conftest import make_config
-
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
     """A small synthetic dataset, ingested into the canonical layout."""
     raw = tmp_path_factory.mktemp("raw_small")
-    synthetic.write_raw(synthetic.generate(SyntheticConfig(seed=5, n_users=40, n_items=30, n_intents=4,
-                                                           mean_degree=6)), str(raw))
+    synthetic.write_raw(
+        synthetic.generate(SyntheticConfig(seed=5, n_users=40, n_items=30, n_intents=4, mean_degree=6)), str(raw)
+    )
     root = tmp_path_factory.mktemp("root_small")
     ingest.run(make_config(root, raw))
     return root
 
 
 def _ic(**kw) -> intents.IntentsConfig:
-    base = dict(max_new_tokens=8, batch_size=8, max_retries=1, chunk_size=8, user_max_items=3,
-                user_item_chars=60, max_text_chars=200, threads=1)
+    base = dict(
+        max_new_tokens=8,
+        batch_size=8,
+        max_retries=1,
+        chunk_size=8,
+        user_max_items=3,
+        user_item_chars=60,
+        max_text_chars=200,
+        threads=1,
+    )
     base.update(kw)
     ic = intents.IntentsConfig(**base)
     ic.validate()
@@ -118,8 +126,10 @@ def test_prompts_are_versioned_and_users_use_training_items_only(small_root):
 def test_transformers_backend_left_padding_on_tiny_llama(tiny_llama):
     b = TransformersBackend(tiny_llama, batch_size=4, threads=1)
     assert b.tokenizer.padding_side == "left"
-    prompts = [b.render([{"role": "user", "content": t}]) for t in
-               ("short", "a much longer prompt about a quiet cafe with fast wifi", "mid length text")]
+    prompts = [
+        b.render([{"role": "user", "content": t}])
+        for t in ("short", "a much longer prompt about a quiet cafe with fast wifi", "mid length text")
+    ]
     assert prompts[0].startswith("<|im_start|>user\nshort<|im_end|>\n<|im_start|>assistant\n")
     greedy = Sampling(max_new_tokens=6, temperature=0.0)
     batched = b.generate(prompts, greedy)
@@ -137,16 +147,25 @@ def test_stage_cli_runs_tiny_llama_for_real(small_root, tiny_llama, tmp_path, ca
     import shutil
 
     shutil.copytree(small_root, root)
-    args = [f"run_root={root}", f"intents.model={tiny_llama}", "intents.max_new_tokens=8",
-            "intents.batch_size=8", "intents.chunk_size=16", "intents.max_retries=1", "intents.user_max_items=3",
-            "intents.user_item_chars=60", "intents.max_text_chars=200", "intents.threads=1"]
+    args = [
+        f"run_root={root}",
+        f"intents.model={tiny_llama}",
+        "intents.max_new_tokens=8",
+        "intents.batch_size=8",
+        "intents.chunk_size=16",
+        "intents.max_retries=1",
+        "intents.user_max_items=3",
+        "intents.user_item_chars=60",
+        "intents.max_text_chars=200",
+        "intents.threads=1",
+    ]
     assert intents.main(args) == 0
     report = json.loads(capsys.readouterr().out)
     data = ds.load(str(root))
     item_ids = [i for i, t in enumerate(data.item_text) if t]
     user_ids = sorted(set(int(u) for u in data.train[:, 0]))
     for side, expected in (("items", item_ids), ("users", user_ids)):
-        t = intents.read_intents(str(root), side)
+        t = artifacts.read_intents(str(root), side)
         assert t.schema.equals(intents.SCHEMA)
         rows = t.to_pylist()
         assert sorted(r["id"] for r in rows) == expected  # every entity exactly once
@@ -160,7 +179,7 @@ def test_stage_cli_runs_tiny_llama_for_real(small_root, tiny_llama, tmp_path, ca
         assert rep["entities"] == len(expected)
         assert 0.0 <= rep["parse_success_rate_first"] <= rep["parse_success_rate_final"] <= 1.0
         assert rep["fallback"] == sum(r["fallback"] for r in rows)
-    items = {r["id"]: r for r in intents.read_intents(str(root), "items").to_pylist()}
+    items = {r["id"]: r for r in artifacts.read_intents(str(root), "items").to_pylist()}
     from irllrec_dist.llm.parser import parse_output
 
     for r in items.values():
@@ -180,9 +199,17 @@ def test_ray_actors_give_what_one_process_gives(small_root, tiny_llama, tmp_path
 
     import ray
 
-    args = [f"intents.model={tiny_llama}", "intents.max_new_tokens=8", "intents.batch_size=8",
-            "intents.chunk_size=8", "intents.max_retries=1", "intents.user_max_items=3",
-            "intents.user_item_chars=60", "intents.max_text_chars=200", "intents.threads=1"]
+    args = [
+        f"intents.model={tiny_llama}",
+        "intents.max_new_tokens=8",
+        "intents.batch_size=8",
+        "intents.chunk_size=8",
+        "intents.max_retries=1",
+        "intents.user_max_items=3",
+        "intents.user_item_chars=60",
+        "intents.max_text_chars=200",
+        "intents.threads=1",
+    ]
     roots = {}
     for mode in ("process", "actors"):
         roots[mode] = tmp_path / mode
@@ -194,7 +221,7 @@ def test_ray_actors_give_what_one_process_gives(small_root, tiny_llama, tmp_path
     finally:
         ray.shutdown()
     for side in ("items", "users"):
-        one, two = (intents.read_intents(str(roots[m]), side).sort_by("id").to_pylist() for m in roots)
+        one, two = (artifacts.read_intents(str(roots[m]), side).sort_by("id").to_pylist() for m in roots)
         assert len(one) > 8 and one == two  # several chunks, identical rows
 
 
@@ -223,11 +250,11 @@ def test_retries_fallback_kill_and_resume(small_root, tmp_path, monkeypatch):
     with pytest.raises(Crash):
         intents.run(cfg, ic, backend=first, after_chunk=crash_after_two)
     with pytest.raises(storage.OutputMissing):  # the side is not visible until complete
-        intents.read_intents(str(root), "items")
-    assert storage.read_manifest(intents.chunk_uri(str(root), "items", 1)) is not None
-    assert storage.read_manifest(intents.chunk_uri(str(root), "items", 2)) is None
+        artifacts.read_intents(str(root), "items")
+    assert storage.read_manifest(artifacts.chunk_uri(str(root), "items", 1)) is not None
+    assert storage.read_manifest(artifacts.chunk_uri(str(root), "items", 2)) is None
     done_first = {to_id["items"][p] for p, _ in first.calls if p in to_id["items"]}
-    assert done_first == set(sorted(to_id["items"].values())[:2 * ic.chunk_size])
+    assert done_first == set(sorted(to_id["items"].values())[: 2 * ic.chunk_size])
 
     second = ScriptedBackend()
     report = intents.run(cfg, ic, backend=second)
@@ -235,7 +262,7 @@ def test_retries_fallback_kill_and_resume(small_root, tmp_path, monkeypatch):
     assert not redone & done_first  # committed chunks are not regenerated
     assert redone == set(to_id["items"].values()) - done_first
     for side, n in (("items", n_items), ("users", n_users)):
-        rows = intents.read_intents(str(root), side).to_pylist()
+        rows = artifacts.read_intents(str(root), side).to_pylist()
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)) == n  # every entity exactly once
         by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "repaired", "failed")}
@@ -256,7 +283,7 @@ def test_retries_fallback_kill_and_resume(small_root, tmp_path, monkeypatch):
     # re-asks sample (a greedy re-ask would repeat itself)
     temps = {t for _, t in first.calls + second.calls}
     assert temps == {ic.temperature, ic.retry_temperature}
-    saved = intents.read_report(str(root))
+    saved = artifacts.read_report(str(root))
     assert saved["sides"]["items"]["entities"] == n_items
 
     # a rerun with the same config generates nothing
@@ -268,16 +295,24 @@ def test_retries_fallback_kill_and_resume(small_root, tmp_path, monkeypatch):
     third = ScriptedBackend()
     intents.run(cfg, _ic(max_intents=3, chunk_size=20), backend=third)
     assert sum(t == ic.temperature for _, t in third.calls) == n_items + n_users
-    rows = intents.read_intents(str(root), "items").to_pylist()
+    rows = artifacts.read_intents(str(root), "items").to_pylist()
     assert sorted(r["id"] for r in rows) == sorted(to_id["items"].values())
-    fs, path = storage.filesystem(intents.side_uri(str(root), "items"))
+    fs, path = storage.filesystem(artifacts.side_uri(str(root), "items"))
     chunks = sorted(e.rsplit("/", 1)[-1] for e in fs.ls(path, detail=False) if "chunk-" in e)
     assert chunks == [f"chunk-{k:05d}" for k in range(-(-n_items // 20))]
 
 
 def test_config_overrides_and_errors(tmp_path):
-    cfg, ic = intents.load_configs(None, [f"run_root={tmp_path}", "intents.batch_size=4", "intents.backend=vllm",
-                                          "intents.engine_args.max_model_len=1024", "intents.sides=[items]"])
+    cfg, ic = intents.load_configs(
+        None,
+        [
+            f"run_root={tmp_path}",
+            "intents.batch_size=4",
+            "intents.backend=vllm",
+            "intents.engine_args.max_model_len=1024",
+            "intents.sides=[items]",
+        ],
+    )
     assert cfg.run_root == str(tmp_path)
     assert (ic.batch_size, ic.backend, ic.engine_args, ic.sides) == (4, "vllm", {"max_model_len": 1024}, ("items",))
     with pytest.raises(ConfigError, match="intents.bogus"):
@@ -294,5 +329,15 @@ def test_config_overrides_and_errors(tmp_path):
 
 def test_schema_is_what_the_contract_says():
     assert intents.SCHEMA.field("intents").type == pa.list_(pa.string())
-    assert intents.SCHEMA.names == ["id", "profile", "intents", "raw_output", "status", "attempts", "fallback",
-                                    "model", "prompt_hash", "n_output_tokens"]
+    assert intents.SCHEMA.names == [
+        "id",
+        "profile",
+        "intents",
+        "raw_output",
+        "status",
+        "attempts",
+        "fallback",
+        "model",
+        "prompt_hash",
+        "n_output_tokens",
+    ]

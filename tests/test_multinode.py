@@ -26,9 +26,9 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+from netns_cluster import REPO, list_s3, local_cluster, ray_actors, read_s3, submit, worker_actors  # noqa: F401
 
 from irllrec_dist.localcluster import WORK, ClusterError, LocalCluster
-from netns_cluster import REPO, list_s3, local_cluster, ray_actors, read_s3, submit, worker_actors  # noqa: F401
 
 BUCKET = "irllrec"
 RUN = f"s3://{BUCKET}/run"
@@ -36,10 +36,22 @@ RAW = f"s3://{BUCKET}/raw"
 EPOCHS = 12
 # The IRLLRec preset (every text loss, EMA teacher) on a tiny dataset: 2 workers of 1 CPU,
 # a checkpoint at every validation (every 2 epochs), no early stop.
-TRAIN = ["--config", "configs/irllrec.yaml", f"run_root={RUN}", "train.workers=2", "train.cpus_per_worker=1",
-         f"train.max_epochs={EPOCHS}", "train.eval_every=2", "train.min_epochs=0", "train.patience=100",
-         "train.batch_size=512", "train.threads=1", "model.intents=8", "loss.itm_max_nodes=32",
-         "loss.warmup_epochs=2"]
+TRAIN = [
+    "--config",
+    "configs/irllrec.yaml",
+    f"run_root={RUN}",
+    "train.workers=2",
+    "train.cpus_per_worker=1",
+    f"train.max_epochs={EPOCHS}",
+    "train.eval_every=2",
+    "train.min_epochs=0",
+    "train.patience=100",
+    "train.batch_size=512",
+    "train.threads=1",
+    "model.intents=8",
+    "loss.itm_max_nodes=32",
+    "loss.warmup_epochs=2",
+]
 TIMING_KEYS = ("epoch_s", "edges_per_s")  # wall-clock, not results
 
 _CONNECT = r"""
@@ -131,10 +143,28 @@ def s3_dataset(local_cluster):
     nothing but S3, so this only works if every stage reads and writes the object store."""
     c = local_cluster
     c.run_python("w3", _GENERATE, RAW, check=True, timeout=300)
-    c.exec("w1", [c.python, "-m", "irllrec_dist.ingest", "--config", f"{REPO}/configs/irllrec.yaml", f"run_root={RUN}",
-                  f"ingest.source={RAW}", "ingest.format=parquet"], check=True, timeout=300)
-    c.exec("w2", [c.python, "-m", "irllrec_dist.embed", "--config", f"{REPO}/configs/irllrec.yaml", f"run_root={RUN}"],
-           env={"OMP_NUM_THREADS": "2"}, check=True, timeout=600)
+    c.exec(
+        "w1",
+        [
+            c.python,
+            "-m",
+            "irllrec_dist.ingest",
+            "--config",
+            f"{REPO}/configs/irllrec.yaml",
+            f"run_root={RUN}",
+            f"ingest.source={RAW}",
+            "ingest.format=parquet",
+        ],
+        check=True,
+        timeout=300,
+    )
+    c.exec(
+        "w2",
+        [c.python, "-m", "irllrec_dist.embed", "--config", f"{REPO}/configs/irllrec.yaml", f"run_root={RUN}"],
+        env={"OMP_NUM_THREADS": "2"},
+        check=True,
+        timeout=600,
+    )
     return RUN
 
 
@@ -235,8 +265,10 @@ def _diagnose(cluster) -> str:
     """What Ray saw (nodes, jobs) and the head's logs, for a failure message."""
     status = cluster.exec("head", ["ray", "status"], timeout=120)
     jobs = cluster.exec("head", ["ray", "job", "list", "--address", cluster.dashboard_url], timeout=120)
-    return (f"--- ray status\n{status.stdout[-3000:]}{status.stderr[-1000:]}\n--- ray job list\n"
-            f"{jobs.stdout[-4000:]}{jobs.stderr[-1000:]}\n{cluster.node_logs('head')}")
+    return (
+        f"--- ray status\n{status.stdout[-3000:]}{status.stderr[-1000:]}\n--- ray job list\n"
+        f"{jobs.stdout[-4000:]}{jobs.stderr[-1000:]}\n{cluster.node_logs('head')}"
+    )
 
 
 def test_worker_node_killed_mid_run(local_cluster, clean_run, tmp_path):
@@ -246,8 +278,13 @@ def test_worker_node_killed_mid_run(local_cluster, clean_run, tmp_path):
     uninterrupted one did."""
     c = local_cluster
     before = {a["actor_id"] for a in worker_actors(c)}
-    watcher = c.popen("head", [c.python, "-c", _WATCH, f"{BUCKET}/run/ray_results", "killed", c.dashboard_url, "400"],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = c.popen(
+        "head",
+        [c.python, "-c", _WATCH, f"{BUCKET}/run/ray_results", "killed", c.dashboard_url, "400"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.time()
     job_log = tmp_path / "job.log"  # a file, not a pipe: nobody reads the job's output until it ends
     with open(job_log, "w") as log:
@@ -266,8 +303,10 @@ def test_worker_node_killed_mid_run(local_cluster, clean_run, tmp_path):
             job.wait()
     out = job_log.read_text()
     wall = time.time() - t0
-    print(f"killed node {victim} ({killed} processes) {t_kill:.0f}s after submission, "
-          f"with {len(info['checkpoints'])} checkpoint(s) on S3; job took {wall:.0f}s")
+    print(
+        f"killed node {victim} ({killed} processes) {t_kill:.0f}s after submission, "
+        f"with {len(info['checkpoints'])} checkpoint(s) on S3; job took {wall:.0f}s"
+    )
     assert job.returncode == 0 and "succeeded" in out, out[-8000:] + c.node_logs("head")
 
     m, clean = _metrics(c, "killed"), clean_run["metrics"]
@@ -284,8 +323,9 @@ def test_worker_node_killed_mid_run(local_cluster, clean_run, tmp_path):
 
     # the resumed run equals the uninterrupted one: same losses every epoch, same test metrics
     for mine, ref in zip(m["history"], clean["history"]):
-        assert {k: v for k, v in mine.items() if k not in TIMING_KEYS} == \
-            {k: v for k, v in ref.items() if k not in TIMING_KEYS}, (mine, ref)
+        assert {k: v for k, v in mine.items() if k not in TIMING_KEYS} == {
+            k: v for k, v in ref.items() if k not in TIMING_KEYS
+        }, (mine, ref)
     assert m["test"] == clean["test"] and m["val"] == clean["val"] and m["best_epoch"] == clean["best_epoch"]
 
     # the node comes back empty (a replaced pod), and Ray counts it again
@@ -302,9 +342,17 @@ PRESET = "configs/irllrec.yaml"
 # The same settings here and on the cluster. The tiny random Llama writes 8 tokens: no answer
 # parses, each is re-asked once (sampled, seeded per chunk, prefilled) and falls back, so the
 # sampled re-asks and the fallbacks are in the rows too, and must come out identical.
-INTENTS_ARGS = ["intents.limit=12", "intents.chunk_size=4", "intents.batch_size=4", "intents.max_new_tokens=8",
-                "intents.max_retries=1", "intents.user_max_items=3", "intents.user_item_chars=60",
-                "intents.max_text_chars=200", "intents.threads=1"]
+INTENTS_ARGS = [
+    "intents.limit=12",
+    "intents.chunk_size=4",
+    "intents.batch_size=4",
+    "intents.max_new_tokens=8",
+    "intents.max_retries=1",
+    "intents.user_max_items=3",
+    "intents.user_item_chars=60",
+    "intents.max_text_chars=200",
+    "intents.threads=1",
+]
 EMBED_ARGS = ["embed.batch_size=8", "embed.text_source=intents"]
 TEXT_TABLES = ("intents/items", "intents/users", "embeddings/items", "embeddings/users")
 
@@ -340,7 +388,7 @@ _TEXT_OUTPUTS = r"""
 import base64, io, json, sys
 import pyarrow as pa
 from irllrec_dist import storage
-from irllrec_dist.intents import read_report
+from irllrec_dist.artifacts import read_report
 
 def outputs(root, names):
     out = {"report": read_report(root), "tables": {}, "meta": {}}
@@ -358,8 +406,25 @@ if __name__ == "__main__":
 """
 
 # Files of a run (Parquet shards, manifests) anywhere on a node's own disk, Ray's folder aside.
-_LOCAL_RUN_FILES = ["find", "/tmp", "-path", "/tmp/ray", "-prune", "-o", "(", "-name", "*.parquet", "-o", "-name",
-                    "_manifest.json", "-o", "-name", "_group.json", ")", "-print"]
+_LOCAL_RUN_FILES = [
+    "find",
+    "/tmp",
+    "-path",
+    "/tmp/ray",
+    "-prune",
+    "-o",
+    "(",
+    "-name",
+    "*.parquet",
+    "-o",
+    "-name",
+    "_manifest.json",
+    "-o",
+    "-name",
+    "_group.json",
+    ")",
+    "-print",
+]
 
 
 def _script(code: str) -> dict:
@@ -418,8 +483,10 @@ def test_intents_on_two_nodes_and_embed_through_ray_data(local_cluster, image_ll
     # The cluster: each stage a Ray job (driver on the head, 0 CPU), run root on S3.
     before = {a["actor_id"] for a in ray_actors(c)}
     t_jobs = {}
-    for stage, args in (("intents", [*INTENTS_ARGS, model, "intents.actors=2"]),
-                        ("embed", [*EMBED_ARGS, "embed.actors=2"])):
+    for stage, args in (
+        ("intents", [*INTENTS_ARGS, model, "intents.actors=2"]),
+        ("embed", [*EMBED_ARGS, "embed.actors=2"]),
+    ):
         t_jobs[stage] = time.time()
         proc = submit(c, "--config", PRESET, f"run_root={TEXT_ROOT}", *args, stage=stage, timeout=600)
         assert proc.returncode == 0 and "succeeded" in proc.stdout, _job_output(proc) + c.node_logs("head")
@@ -462,8 +529,10 @@ def test_intents_on_two_nodes_and_embed_through_ray_data(local_cluster, image_ll
             x, y = (np.asarray(t.column(col).to_pylist(), dtype=np.float32) for t in (a, b))
             worst = max(worst, float(np.abs(x - y).max()))
     assert dump["meta"]["embeddings/items"]["from_llm"] == 12
-    print(f"text stages: one process here {t_local:.0f}s, jobs on the cluster {t_jobs} s; generator "
-          f"actors on {sorted({workers[a['node_id']] for a in gen})}, map actors on "
-          f"{sorted({workers[a['node_id']] for a in maps})}; embeddings differ by at most {worst:.2e}; "
-          f"test took {time.time() - t0:.0f}s")
+    print(
+        f"text stages: one process here {t_local:.0f}s, jobs on the cluster {t_jobs} s; generator "
+        f"actors on {sorted({workers[a['node_id']] for a in gen})}, map actors on "
+        f"{sorted({workers[a['node_id']] for a in maps})}; embeddings differ by at most {worst:.2e}; "
+        f"test took {time.time() - t0:.0f}s"
+    )
     assert worst <= 1e-6

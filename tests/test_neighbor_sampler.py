@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from irllrec_dist.graph.blocks import build_csr, propagate_blocks
 from irllrec_dist.graph.dgl_backend import dgl_available
-from irllrec_dist.graph.neighbor_sampler import (
-    NeighborSampler, build_csr, full_fanouts, make_sampler, parse_fanouts, propagate_blocks,
-)
+from irllrec_dist.graph.neighbor_sampler import NeighborSampler, full_fanouts, make_sampler, parse_fanouts
 
 SEEDS = [0, 1, 2, 3, 4]
 # the DGL backend runs the same checks where `import dgl` works (not in the project's own venv)
@@ -66,7 +65,7 @@ def test_blocks_against_brute_force(seed, fanouts, backend):
         if layer > 0:
             assert torch.equal(blocks[layer - 1].dst_ids, src), "consecutive blocks must chain"
         # relabelling: dst prefix, unique src ids, local indices in range
-        assert torch.equal(src[:b.n_dst], dst)
+        assert torch.equal(src[: b.n_dst], dst)
         assert torch.unique(src).numel() == src.numel()
         assert int(b.edge_src.max()) < b.n_src and int(b.edge_dst.max()) < b.n_dst
         gs, gd = src[b.edge_src], dst[b.edge_dst]
@@ -77,7 +76,7 @@ def test_blocks_against_brute_force(seed, fanouts, backend):
         # every src node beyond the dst prefix is used by some edge
         used = torch.zeros(b.n_src, dtype=torch.bool)
         used[b.edge_src] = True
-        assert bool(used[b.n_dst:].all())
+        assert bool(used[b.n_dst :].all())
         # fanout: min(deg, fanout) neighbours per dst, all of them when deg <= fanout
         counts = torch.bincount(b.edge_dst, minlength=b.n_dst)
         d = deg[dst].to(torch.int64)
@@ -90,8 +89,12 @@ def test_blocks_against_brute_force(seed, fanouts, backend):
         # weights: full-graph symmetric normalisation
         expect = 1.0 / torch.sqrt(deg[gs] * deg[gd])
         torch.testing.assert_close(b.weight.to(torch.float64), expect, rtol=1e-6, atol=0)
-        torch.testing.assert_close(b.dst_scale.to(torch.float64), (d / counts.clamp(min=1)).to(torch.float64)
-                                   .where(counts > 0, torch.ones((), dtype=torch.float64)), rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            b.dst_scale.to(torch.float64),
+            (d / counts.clamp(min=1)).to(torch.float64).where(counts > 0, torch.ones((), dtype=torch.float64)),
+            rtol=1e-6,
+            atol=0,
+        )
 
 
 @pytest.mark.parametrize("seed", SEEDS[:3])
@@ -108,8 +111,9 @@ def test_deterministic_with_generator(seed):
         assert torch.equal(bx.src_ids, by.src_ids)
         assert torch.equal(bx.edge_src, by.edge_src) and torch.equal(bx.edge_dst, by.edge_dst)
         assert torch.equal(bx.weight, by.weight)
-    assert any(not torch.equal(bx.src_ids, bz.src_ids) or not torch.equal(bx.edge_src, bz.edge_src)
-               for bx, bz in zip(x, z))
+    assert any(
+        not torch.equal(bx.src_ids, bz.src_ids) or not torch.equal(bx.edge_src, bz.edge_src) for bx, bz in zip(x, z)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -144,9 +148,10 @@ def test_full_fanout_propagation_equals_full_graph(seed, layers, backend):
         h = a_hat @ h
         want = want + h
 
-    sampler = make_sampler(build_csr(edges, nu, ni), full_fanouts(layers), backend=backend,
-                           weight_dtype=torch.float64)
-    seeds = torch.cat([pick_seeds(seed, nu - 1, 9), nu + pick_seeds(seed, ni - 1, 4), torch.tensor([nu - 1, nu + ni - 1])])
+    sampler = make_sampler(build_csr(edges, nu, ni), full_fanouts(layers), backend=backend, weight_dtype=torch.float64)
+    seeds = torch.cat(
+        [pick_seeds(seed, nu - 1, 9), nu + pick_seeds(seed, ni - 1, 4), torch.tensor([nu - 1, nu + ni - 1])]
+    )
     blocks = sampler.sample(seeds, torch.Generator().manual_seed(0))
     got = propagate_blocks(blocks, x_all[blocks[0].src_ids])
     torch.testing.assert_close(got, want[seeds], rtol=1e-12, atol=1e-12)

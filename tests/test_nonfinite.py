@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from irllrec_dist import evaluate, ingest, storage, train
+from irllrec_dist import artifacts, evaluate, ingest, storage, train
 from irllrec_dist.cli import CheckpointError, NonFiniteLoss
 from irllrec_dist.config import Config, SyntheticConfig, config_from_dict
 from irllrec_dist.data import synthetic
@@ -50,7 +50,7 @@ def test_absurd_learning_rate_stops_training_at_the_step_naming_the_term(root):
     cfg = _cfg(*root, "diverges", lr=1e30)
     with pytest.raises(NonFiniteLoss, match=DIVERGES + r"(bpr|reg)=(nan|inf)"):
         train.run(cfg)
-    run = Path(evaluate.run_uri(cfg))
+    run = Path(artifacts.run_uri(cfg))
     assert not (run / "checkpoints" / "best.pt").exists()  # nothing saved from it
     assert not (run / "checkpoints" / "state.pt").exists()  # it died before its first validation
     assert not (run / "metrics.json").exists()
@@ -58,11 +58,25 @@ def test_absurd_learning_rate_stops_training_at_the_step_naming_the_term(root):
 
 def test_cli_one_line_and_exit_code_2(root):
     run_root, raw = root
-    proc = subprocess.run([sys.executable, "-m", "irllrec_dist.train", f"run_root={run_root}", f"ingest.source={raw}",
-                           "train.lr=1e30", "train.run_name=cli", "train.max_epochs=2", "train.threads=1",
-                           "train.batch_size=256"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, TQDM_DISABLE="1"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "irllrec_dist.train",
+            f"run_root={run_root}",
+            f"ingest.source={raw}",
+            "train.lr=1e30",
+            "train.run_name=cli",
+            "train.max_epochs=2",
+            "train.threads=1",
+            "train.batch_size=256",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TQDM_DISABLE="1"),
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]  # after the INFO log lines
@@ -88,24 +102,27 @@ def test_ranks_agree_on_the_first_bad_step_and_all_stop(root, tmp_path):
     for r, msg in enumerate(msgs):
         assert msg.startswith("non-finite training loss at epoch 0, step 1 (batch 1 of the epoch): "), msg
         assert f"summed over the epoch on rank {r}" in msg and ("bpr" in msg or "reg" in msg), msg
-    assert not Path(evaluate.run_uri(cfg, "checkpoints", "best.pt")).exists()
+    assert not Path(artifacts.run_uri(cfg, "checkpoints", "best.pt")).exists()
 
 
 def test_evaluate_refuses_a_checkpoint_with_nonfinite_weights_naming_the_tensor(root):
     cfg = _cfg(*root, "ok", lr=1e-3)
     train.run(cfg)
-    uri = evaluate.run_uri(cfg, "checkpoints", "best.pt")
+    uri = artifacts.run_uri(cfg, "checkpoints", "best.pt")
     ckpt = torch.load(io.BytesIO(storage.read_bytes(uri)), weights_only=True)
     ckpt["model"]["item_emb"][3, 1] = float("inf")
     ckpt["model"]["item_emb"][5, 0] = float("nan")
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     storage.write_bytes(uri, buf.getvalue())
-    before = storage.read_bytes(evaluate.run_uri(cfg, "eval_test.json"))
-    with pytest.raises(CheckpointError, match=r"best\.pt holds non-finite weights: item_emb \(2 of 2560 values "
-                                              r"NaN/Inf\)"):
+    before = storage.read_bytes(artifacts.run_uri(cfg, "eval_test.json"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"best\.pt holds non-finite weights: item_emb \(2 of 2560 values "
+        r"NaN/Inf\)",
+    ):
         evaluate.run(cfg, "test")
-    assert storage.read_bytes(evaluate.run_uri(cfg, "eval_test.json")) == before
+    assert storage.read_bytes(artifacts.run_uri(cfg, "eval_test.json")) == before
 
 
 @pytest.fixture
@@ -147,14 +164,17 @@ def test_ray_train_run_stops_once_without_restarts(root, tmp_path, ray_tracking_
     cfg.train.workers, cfg.train.max_failures, cfg.train.ray_storage = 2, 3, str(tmp_path / "ray")
     cfg.validate()
     t0 = time.time()
-    with pytest.raises(NonFiniteLoss, match=r"^non-finite training loss at epoch 0, step 1 \(batch 1 of the epoch\): "
-                                            r".*summed over the epoch on rank 0"):
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"^non-finite training loss at epoch 0, step 1 \(batch 1 of the epoch\): "
+        r".*summed over the epoch on rank 0",
+    ):
         train.run(cfg)
     elapsed = time.time() - t0
     attempts = _attempts("irllrec-ray-")
     assert len(attempts) == 1, [(a.attempt_id, a.status, a.status_detail) for a in attempts]
     assert attempts[0].status.name == "FINISHED", (attempts[0].status, attempts[0].status_detail)
-    run = Path(evaluate.run_uri(cfg))
+    run = Path(artifacts.run_uri(cfg))
     # rank 0 opens one TensorBoard event file per attempt
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert not (run / "metrics.json").exists() and not (run / "checkpoints" / "best.pt").exists()

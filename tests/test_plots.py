@@ -12,8 +12,16 @@ from irllrec_dist import plots, report
 def _history(epochs, eval_every, start, slope, seed, text=False):
     out = []
     for e in range(epochs):
-        rec = {"epoch": e, "loss": 0.7 - 0.01 * e + 0.001 * seed, "bpr": 0.69 - 0.01 * e, "reg": 100.0 + e,
-               "epoch_s": 1.0, "edges_per_s": 1e4, "allreduce_bytes_per_step": 0, "table_rows_bytes_per_step": 0}
+        rec = {
+            "epoch": e,
+            "loss": 0.7 - 0.01 * e + 0.001 * seed,
+            "bpr": 0.69 - 0.01 * e,
+            "reg": 100.0 + e,
+            "epoch_s": 1.0,
+            "edges_per_s": 1e4,
+            "allreduce_bytes_per_step": 0,
+            "table_rows_bytes_per_step": 0,
+        }
         if text:
             rec.update(prf=10.0 - 0.2 * e, ia=9.0 - 0.2 * e)
         if e % eval_every == 0:
@@ -24,11 +32,17 @@ def _history(epochs, eval_every, start, slope, seed, text=False):
 
 
 def _metrics(name, seed, epochs, text=False, history=True):
-    by_degree = {b: {"users": u, "recall@20": 0.1 + 0.01 * i + 0.001 * (seed or 0), "ndcg@20": 0.05}
-                 for i, (b, u) in enumerate((("1-5", 300), ("6-20", 200), (">20", 40)))}
-    m = {"run_name": name, "seed": seed, "best_epoch": epochs - 1 if history else None,
-         "test": {"recall@10": 0.1, "recall@20": 0.15, "ndcg@10": 0.05, "ndcg@20": 0.06, "users": 540},
-         "test_by_degree": by_degree}
+    by_degree = {
+        b: {"users": u, "recall@20": 0.1 + 0.01 * i + 0.001 * (seed or 0), "ndcg@20": 0.05}
+        for i, (b, u) in enumerate((("1-5", 300), ("6-20", 200), (">20", 40)))
+    }
+    m = {
+        "run_name": name,
+        "seed": seed,
+        "best_epoch": epochs - 1 if history else None,
+        "test": {"recall@10": 0.1, "recall@20": 0.15, "ndcg@10": 0.05, "ndcg@20": 0.06, "users": 540},
+        "test_by_degree": by_degree,
+    }
     if history:
         m["history"] = _history(epochs, 2, 0.05, 0.004, seed, text)
     return m
@@ -36,9 +50,12 @@ def _metrics(name, seed, epochs, text=False, history=True):
 
 @pytest.fixture
 def run_root(tmp_path):
-    runs = {"lightgcn-s1": _metrics("lightgcn-s1", 1, 30), "lightgcn-s2": _metrics("lightgcn-s2", 2, 24),
-            "irllrec-s1": _metrics("irllrec-s1", 1, 20, text=True),
-            "popularity": _metrics("popularity", None, 0, history=False)}
+    runs = {
+        "lightgcn-s1": _metrics("lightgcn-s1", 1, 30),
+        "lightgcn-s2": _metrics("lightgcn-s2", 2, 24),
+        "irllrec-s1": _metrics("irllrec-s1", 1, 20, text=True),
+        "popularity": _metrics("popularity", None, 0, history=False),
+    }
     for name, m in runs.items():
         (tmp_path / "root" / "runs" / name).mkdir(parents=True)
         (tmp_path / "root" / "runs" / name / "metrics.json").write_text(json.dumps(m))
@@ -100,8 +117,9 @@ def test_one_runs_curves(tmp_path):
 
 def test_nothing_to_draw_is_one_line(tmp_path, capsys):
     (tmp_path / "runs" / "x").mkdir(parents=True)
-    (tmp_path / "runs" / "x" / "metrics.json").write_text(json.dumps(
-        {"run_name": "x", "test": {"recall@10": 0.1, "recall@20": 0.2, "ndcg@10": 0.1, "ndcg@20": 0.1}}))
+    (tmp_path / "runs" / "x" / "metrics.json").write_text(
+        json.dumps({"run_name": "x", "test": {"recall@10": 0.1, "recall@20": 0.2, "ndcg@10": 0.1, "ndcg@20": 0.1}})
+    )
     assert report.main([str(tmp_path), "--plot", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["report: nothing to draw: no run's metrics.json holds a history or test_by_degree"]

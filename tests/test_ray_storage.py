@@ -37,8 +37,9 @@ def test_explicit_ray_storage_wins(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     kw = ray_storage.run_config_storage(_cfg("s3://bucket/run", ray_storage="s3://other/ckpt"))
     assert kw["storage_path"] == "other/ckpt"
-    assert ray_storage.run_config_storage(_cfg("/data/run", ray_storage="file:///mnt/nfs/ray")) == \
-        {"storage_path": "file:///mnt/nfs/ray"}
+    assert ray_storage.run_config_storage(_cfg("/data/run", ray_storage="file:///mnt/nfs/ray")) == {
+        "storage_path": "file:///mnt/nfs/ray"
+    }
     assert ray_storage.storage_uri(_cfg("file:///data/run")) == ""  # a local run root: Ray's default
 
 
@@ -51,5 +52,6 @@ def test_node_local_storage_refused_across_nodes(monkeypatch, ray_storage_value)
     assert "\n" not in msg and msg.startswith("train.ray_storage: this run spans 2 nodes")
     monkeypatch.setattr(ray_storage, "run_nodes", lambda workers, resources: {"a"})
     expected = "/tmp/ray_results" if ray_storage_value else None
-    assert ray_storage.run_config_storage(_cfg("/data/run", ray_storage=ray_storage_value)) == \
-        {"storage_path": expected}
+    assert ray_storage.run_config_storage(_cfg("/data/run", ray_storage=ray_storage_value)) == {
+        "storage_path": expected
+    }

@@ -118,8 +118,9 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, local_ray):
             if len(list((tmp_path / "ray_killed").glob("*/checkpoint_*"))) >= 2:
                 # only this run's workers: earlier runs' workers may still be shutting down
                 for p in psutil.process_iter(["cmdline", "create_time"]):
-                    if (p.info["create_time"] or 0) > started and \
-                            any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+                    if (p.info["create_time"] or 0) > started and any(
+                        "RayTrainWorker" in part for part in (p.info["cmdline"] or [])
+                    ):
                         os.kill(p.pid, signal.SIGKILL)
                         killed.append(p.pid)
                         break

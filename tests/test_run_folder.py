@@ -9,11 +9,12 @@ import matplotlib.image
 import pytest
 from tqdm import tqdm
 
-from irllrec_dist import evaluate, ingest, storage, train
+from irllrec_dist import artifacts, ingest, scoring, storage, train
 from irllrec_dist.cli import StageError
 from irllrec_dist.config import SyntheticConfig, TrainConfig, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data import synthetic
+from irllrec_dist.training import sink, validation
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,19 @@ def raw(tmp_path_factory):
 
 
 def _cfg(root, raw, *more):
-    return load_config(None, [f"run_root={root}", f"ingest.source={raw}", "train.threads=1", "train.batch_size=256",
-                              "train.eval_every=1", "train.patience=2", "train.run_name=rf-s1", *more])
+    return load_config(
+        None,
+        [
+            f"run_root={root}",
+            f"ingest.source={raw}",
+            "train.threads=1",
+            "train.batch_size=256",
+            "train.eval_every=1",
+            "train.patience=2",
+            "train.run_name=rf-s1",
+            *more,
+        ],
+    )
 
 
 def test_run_folder_has_config_log_and_curves(tmp_path, raw, monkeypatch):
@@ -36,7 +48,7 @@ def test_run_folder_has_config_log_and_curves(tmp_path, raw, monkeypatch):
             super().__init__(*a, **k)
             bars.append((self, k))
 
-    monkeypatch.setattr(train, "tqdm", Recorded)
+    monkeypatch.setattr(sink, "tqdm", Recorded)
     cfg = _cfg(tmp_path / "root", raw, "train.max_epochs=30")
     ingest.run(cfg)
     summary = train.run(cfg)
@@ -62,25 +74,25 @@ def test_run_folder_has_config_log_and_curves(tmp_path, raw, monkeypatch):
 def test_a_failed_run_keeps_its_log_and_a_resumed_run_continues_it(tmp_path, raw, monkeypatch):
     cfg = _cfg(tmp_path / "root", raw, "train.max_epochs=3", "train.patience=50")
     ingest.run(cfg)
-    real = evaluate.run
+    real = scoring.evaluate_run
 
     def fail(*a, **k):
         raise StageError("the test stopped this run before its test metrics")
 
-    monkeypatch.setattr(evaluate, "run", fail)
+    monkeypatch.setattr(scoring, "evaluate_run", fail)
     with pytest.raises(StageError):
         train.run(cfg)
-    log_uri = evaluate.run_uri(cfg, "train.log")
+    log_uri = artifacts.run_uri(cfg, "train.log")
     first = storage.read_bytes(log_uri).decode()
     assert first.count(" val recall@20 ") == 3 and "done:" not in first
-    assert storage.exists(evaluate.run_uri(cfg, "checkpoints", "state.pt"))
+    assert storage.exists(artifacts.run_uri(cfg, "checkpoints", "state.pt"))
 
-    monkeypatch.setattr(evaluate, "run", real)
+    monkeypatch.setattr(scoring, "evaluate_run", real)
     cfg.train.max_epochs = 5  # a runtime key: the saved state resumes
     summary = train.run(cfg)
     assert summary["resumed_at_epoch"] == 3
     log = storage.read_bytes(log_uri).decode()
-    assert log.startswith(first) and "resumed from checkpoint at epoch 3" in log[len(first):]
+    assert log.startswith(first) and "resumed from checkpoint at epoch 3" in log[len(first) :]
     assert len(re.findall(r" epoch \d+ loss .* val recall@20 ", log)) == 5 and "done: best epoch" in log
 
 
@@ -94,7 +106,8 @@ def test_run_folder_on_s3(tmp_path, raw):
         fs = server.filesystem()
         run = "runfolder/root/runs/rf-s1"
         assert {"metrics.json", "config.yaml", "train.log", "curves.png"} <= {
-            p.rsplit("/", 1)[-1] for p in fs.ls(run, detail=False)}
+            p.rsplit("/", 1)[-1] for p in fs.ls(run, detail=False)
+        }
         (tmp_path / "config.yaml").write_bytes(fs.cat(f"{run}/config.yaml"))
         assert load_config(str(tmp_path / "config.yaml")) == cfg
         log = fs.cat(f"{run}/train.log").decode()
@@ -102,26 +115,27 @@ def test_run_folder_on_s3(tmp_path, raw):
         assert fs.cat(f"{run}/curves.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("every,patience,min_epochs,max_epochs", list(itertools.product(
-    (1, 3), (1, 5), (0, 10, 50), (20, 500))))
+@pytest.mark.parametrize(
+    "every,patience,min_epochs,max_epochs", list(itertools.product((1, 3), (1, 5), (0, 10, 50), (20, 500)))
+)
 def test_stop_horizon_is_where_early_stopping_ends_the_run(every, patience, min_epochs, max_epochs):
     """Simulate the loop's validation and early stopping: after every check, the horizon is the
     number of epochs the run lasts if validation does not improve again."""
     tc = TrainConfig(eval_every=every, patience=patience, min_epochs=min_epochs, max_epochs=max_epochs)
     for improving_until in (0, 7, 31, 1000):  # validation improves at every check before this epoch
-        assert train.stop_horizon(None, 0, tc) == _simulate(tc, -1)  # before anything is known
-        best, bad, horizon, epochs_run = None, 0, train.stop_horizon(None, 0, tc), 0
+        assert validation.stop_horizon(None, 0, tc) == _simulate(tc, -1)  # before anything is known
+        best, bad, horizon, epochs_run = None, 0, validation.stop_horizon(None, 0, tc), 0
         for epoch in range(max_epochs):
             epochs_run = epoch + 1
             if epoch % every:
                 continue
             if best is None or epoch < improving_until:
                 best, bad = epoch, 0
-                horizon = train.stop_horizon(best, epoch + 1, tc)
+                horizon = validation.stop_horizon(best, epoch + 1, tc)
                 assert horizon == _simulate(tc, best)
             else:
                 bad += 1
-            if train.early_stop(bad, epoch + 1, patience, min_epochs):
+            if validation.early_stop(bad, epoch + 1, patience, min_epochs):
                 break
         assert horizon == epochs_run, (improving_until, horizon, epochs_run)
 
@@ -137,6 +151,6 @@ def _simulate(tc: TrainConfig, best: int) -> int:
             bad = 0
             continue
         bad += 1
-        if train.early_stop(bad, epoch + 1, tc.patience, tc.min_epochs):
+        if validation.early_stop(bad, epoch + 1, tc.patience, tc.min_epochs):
             break
     return last

@@ -14,8 +14,27 @@ from irllrec_dist.config import Config, ConfigError, config_from_dict, load_conf
 
 REPO = Path(__file__).resolve().parents[1]
 
-BAD = ["../x", "..", ".", "a/b", "/abs", "a\\b", "..\\x", ".hidden", "", "a..b", "x y", "tab\tname", "new\nline",
-       "é", "a:b", "~", "$HOME", "*", "a" * 129]
+BAD = [
+    "../x",
+    "..",
+    ".",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "..\\x",
+    ".hidden",
+    "",
+    "a..b",
+    "x y",
+    "tab\tname",
+    "new\nline",
+    "é",
+    "a:b",
+    "~",
+    "$HOME",
+    "*",
+    "a" * 129,
+]
 GOOD = ["lightgcn", "irllrec-s2024", "demo-irllrec", "a.b_c-1", "A9", "x" * 128, "v1.2"]
 
 
@@ -49,10 +68,16 @@ def test_run_name_from_a_preset_is_refused(tmp_path):
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
 def test_cli_refuses_traversal_before_touching_storage(tmp_path, stage):
     root = tmp_path / "root"
-    proc = subprocess.run([sys.executable, "-m", f"irllrec_dist.{stage}", f"run_root={root}", "train.run_name=../x"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"irllrec_dist.{stage}", f"run_root={root}", "train.run_name=../x"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
         f"{stage}: train.run_name='../x' contains '/': it names the folder runs/<run_name> under the run root, so "
-        "it must be 1-128 characters of A-Z a-z 0-9 . _ -, not start with '.' and not contain '..'"]
+        "it must be 1-128 characters of A-Z a-z 0-9 . _ -, not start with '.' and not contain '..'"
+    ]
     assert not root.exists() and not (tmp_path / "x").exists()

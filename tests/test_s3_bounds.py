@@ -12,11 +12,10 @@ import threading
 import time
 
 import pytest
-
-from irllrec_dist import storage
-
 from test_commit_protocol import EDGES
 from test_ingest import write_csv
+
+from irllrec_dist import storage
 
 
 @contextlib.contextmanager
@@ -51,8 +50,13 @@ def silent_endpoint():
 
 def _env(endpoint: str, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IRLLREC_S3_"))}
-    env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
-               AWS_DEFAULT_REGION="us-east-1", **extra)
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="k",
+        AWS_SECRET_ACCESS_KEY="s",
+        AWS_DEFAULT_REGION="us-east-1",
+        **extra,
+    )
     return env
 
 
@@ -76,9 +80,19 @@ def test_a_stage_fails_within_a_minute_with_one_line(tmp_path):
     with silent_endpoint() as endpoint:
         t0 = time.time()
         proc = subprocess.run(
-            [sys.executable, "-m", "irllrec_dist.ingest", "run_root=s3://bucket/run", f"ingest.source={source}",
-             "ingest.format=csv-jsonl"],
-            env=_env(endpoint), capture_output=True, text=True, timeout=180)
+            [
+                sys.executable,
+                "-m",
+                "irllrec_dist.ingest",
+                "run_root=s3://bucket/run",
+                f"ingest.source={source}",
+                "ingest.format=csv-jsonl",
+            ],
+            env=_env(endpoint),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         took = time.time() - t0
     assert took < 75, f"took {took:.0f}s"
     assert proc.returncode == 2, proc.stderr[-3000:]

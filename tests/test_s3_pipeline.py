@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from s3_server import seaweedfs
 
 from irllrec_dist.gloo_group import free_port
-from s3_server import seaweedfs
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "irllrec-e2e"
@@ -38,15 +38,32 @@ def s3_run(tiny_llama):
     train (IRLLRec: the text vectors are used) -> evaluate, all on S3."""
     with seaweedfs(bucket=BUCKET) as server:
         env = dict(os.environ, **server.env, TQDM_DISABLE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "irllrec_dist.pipeline", "--config", "configs/demo.yaml",
-               f"run_root=s3://{RUN}", "synthetic.n_users=300", "synthetic.n_items=200",
-               "synthetic.n_intents=8", "train.max_epochs=4", "train.threads=1",
-               "intents.enabled=true", f"intents.model={tiny_llama}", "intents.max_new_tokens=16",
-               "intents.batch_size=50", "intents.max_retries=0", "intents.chunk_size=128", "intents.threads=1",
-               "intents.limit=0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "irllrec_dist.pipeline",
+            "--config",
+            "configs/demo.yaml",
+            f"run_root=s3://{RUN}",
+            "synthetic.n_users=300",
+            "synthetic.n_items=200",
+            "synthetic.n_intents=8",
+            "train.max_epochs=4",
+            "train.threads=1",
+            "intents.enabled=true",
+            f"intents.model={tiny_llama}",
+            "intents.max_new_tokens=16",
+            "intents.batch_size=50",
+            "intents.max_retries=0",
+            "intents.chunk_size=128",
+            "intents.threads=1",
+            "intents.limit=0",
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, (f"pipeline failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                                      f"{proc.stderr[-6000:]}\n--- weed log ---\n{server.log_tail()}")
+        assert proc.returncode == 0, (
+            f"pipeline failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-6000:]}\n--- weed log ---\n{server.log_tail()}"
+        )
         yield server, proc
 
 
@@ -78,7 +95,7 @@ def test_intents_and_embeddings_on_s3(s3_run):
     """The LLM stage's chunks and the embeddings built from them are committed on S3."""
     server, _ = s3_run
     from irllrec_dist import storage
-    from irllrec_dist.intents import read_intents, read_report
+    from irllrec_dist.artifacts import read_intents, read_report
 
     root = f"s3://{RUN}"
     data_items = storage.read_table(storage.join(root, "dataset", "items"))
@@ -163,9 +180,14 @@ def test_tensorboard_reads_run_root_on_s3(s3_run, tmp_path):
     port = free_port()
     env = dict(os.environ, **server.env, TB_HOST="127.0.0.1", TB_PORT=str(port))
     env.pop("FSSPEC_S3", None)
-    proc = subprocess.Popen(["bash", "launch/tensorboard.sh", f"s3://{RUN}", "--reload_interval", "1"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "launch/tensorboard.sh", f"s3://{RUN}", "--reload_interval", "1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline, tags, last = time.time() + 90, {}, None
         while time.time() < deadline:

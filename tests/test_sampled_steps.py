@@ -1,4 +1,4 @@
-"""Sampled training steps (train.StepRunner): 2 gloo ranks against one process, and the
+"""Sampled training steps (training.step.TrainStep): 2 gloo ranks against one process, and the
 row-sparse tables with lazy Adam (train.sparse_tables)."""
 
 import os
@@ -10,9 +10,10 @@ import torch.multiprocessing as mp
 
 from irllrec_dist.config import Config
 from irllrec_dist.gloo_group import free_port, loopback_gloo_group
-from irllrec_dist.graph.neighbor_sampler import build_csr, make_sampler
+from irllrec_dist.graph.blocks import build_csr
+from irllrec_dist.graph.neighbor_sampler import make_sampler
 from irllrec_dist.model.dual_tower import build_model
-from irllrec_dist.train import StepRunner, TrainStep
+from irllrec_dist.training.step import StepForward, TrainStep
 
 NU, NI, STEPS, BATCH = 120, 80, 6, 64
 
@@ -36,15 +37,22 @@ def _train(rank: int, world: int, sparse: bool = False, key_offset: int = 0) -> 
     cfg = _config(sparse)
     torch.manual_seed(0)
     model = build_model(cfg, NU, NI, None)
-    runner = StepRunner(TrainStep(model, None, make_sampler(build_csr(edges, NU, NI), [3, 3]), None, cfg, None),
-                        0.01, world)
+    runner = TrainStep(
+        StepForward(model, None, make_sampler(build_csr(edges, NU, NI), [3, 3]), None, cfg, None), 0.01, world
+    )
     rng = np.random.default_rng(1)
     gen = torch.Generator().manual_seed(2)
     for step in range(STEPS):
         pick = rng.choice(len(edges), BATCH, replace=False)[rank::world]
         neg = rng.integers(0, NI, BATCH)[rank::world]
-        runner(None, torch.from_numpy(edges[pick, 0]), torch.from_numpy(edges[pick, 1]), torch.from_numpy(neg),
-               gen, (5, step + key_offset))
+        runner(
+            None,
+            torch.from_numpy(edges[pick, 0]),
+            torch.from_numpy(edges[pick, 1]),
+            torch.from_numpy(neg),
+            gen,
+            (5, step + key_offset),
+        )
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
@@ -88,15 +96,23 @@ def test_sparse_tables_move_only_the_rows_a_step_touched():
         cfg.loss.reg_scope, cfg.train.edge_keep = "batch", 1.0  # no dropped edge: every gathered row has gradient
         torch.manual_seed(0)
         model = build_model(cfg, NU, NI, None)
-        runner = StepRunner(TrainStep(model, None, sampler, None, cfg, None), 0.01, 1)
+        runner = TrainStep(StepForward(model, None, sampler, None, cfg, None), 0.01, 1)
         snaps = [model.user_emb.detach().clone()]
         for step, pick in enumerate((np.arange(0, 40), np.arange(500, 540))):
-            runner(None, torch.from_numpy(edges[pick, 0]), torch.from_numpy(edges[pick, 1]),
-                   torch.from_numpy(edges[pick[::-1], 1]), None, (9, step))
+            runner(
+                None,
+                torch.from_numpy(edges[pick, 0]),
+                torch.from_numpy(edges[pick, 1]),
+                torch.from_numpy(edges[pick[::-1], 1]),
+                None,
+                (9, step),
+            )
             snaps.append(model.user_emb.detach().clone())
         runs[sparse] = snaps
     assert torch.equal((runs[True][1] != runs[True][0]).any(1), (runs[False][1] != runs[False][0]).any(1))
-    np.testing.assert_allclose(runs[True][1].numpy(), runs[False][1].numpy(), rtol=0, atol=0.1 * 0.01)  # lr 0.01: a wrong-signed update is off by 0.02
+    np.testing.assert_allclose(
+        runs[True][1].numpy(), runs[False][1].numpy(), rtol=0, atol=0.1 * 0.01
+    )  # lr 0.01: a wrong-signed update is off by 0.02
     seeds = torch.unique(torch.cat([torch.from_numpy(edges[500:540, 0]), NU + torch.from_numpy(edges[500:540, 1])]))
     gathered = sampler.sample(seeds, key=(9, 1))[0].src_ids
     gathered_users = torch.zeros(NU, dtype=torch.bool)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from irllrec_dist.graph.adjacency import build_adjacency
-from irllrec_dist.graph.neighbor_sampler import NeighborSampler, build_csr
+from irllrec_dist.graph.blocks import build_csr
+from irllrec_dist.graph.neighbor_sampler import NeighborSampler
 from irllrec_dist.model.dual_tower import DualTower
 from irllrec_dist.model.views import FullGraphViews, SampledViews
 

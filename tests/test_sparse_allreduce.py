@@ -17,7 +17,7 @@ def _rank_grad(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A table gradient non-zero only on this rank's rows, plus a term every rank shares
     (like a full-table L2 gradient from identical parameters)."""
     g = torch.Generator().manual_seed(100 + rank)
-    rows = torch.randperm(N, generator=g)[:7 + 3 * rank]
+    rows = torch.randperm(N, generator=g)[: 7 + 3 * rank]
     grad = torch.arange(N * D, dtype=torch.float32).reshape(N, D) * 1e-3  # shared part
     grad[rows] += torch.randn(len(rows), D, generator=g)
     return grad, torch.cat([rows, rows[:2]])  # duplicates in `rows` are allowed
@@ -75,8 +75,10 @@ def _sparse_worker(rank, world, port, out_dir):
 def test_sparse_gradients_average_over_the_union_of_rows(tmp_path):
     world = 2
     mp.spawn(_sparse_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
-    rows = [torch.unique(torch.randint(0, N, (9 + 4 * r,), generator=torch.Generator().manual_seed(200 + r)))
-            for r in range(world)]
+    rows = [
+        torch.unique(torch.randint(0, N, (9 + 4 * r,), generator=torch.Generator().manual_seed(200 + r)))
+        for r in range(world)
+    ]
     union = torch.unique(torch.cat(rows)).numpy()
     for r in range(world):
         got, dense = np.load(tmp_path / f"s{r}.npy")

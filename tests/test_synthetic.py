@@ -31,8 +31,12 @@ def test_planted_structure():
     # chance: a random (user, item) pair shares an intent
     rng = np.random.default_rng(0)
     users, items = list(user_int), list(item_int)
-    chance = np.mean([bool(user_int[users[a]] & item_int[items[b]])
-                      for a, b in zip(rng.integers(len(users), size=5000), rng.integers(len(items), size=5000))])
+    chance = np.mean(
+        [
+            bool(user_int[users[a]] & item_int[items[b]])
+            for a, b in zip(rng.integers(len(users), size=5000), rng.integers(len(items), size=5000))
+        ]
+    )
     assert share > 0.8 and share > 2.5 * chance, (share, chance)
     # item text mentions a cue of every planted intent
     for row in t["items"].to_pylist()[:50]:

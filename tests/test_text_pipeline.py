@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from irllrec_dist import embed, evaluate, ingest, storage, train
+from irllrec_dist import artifacts, embed, evaluate, ingest, scoring, storage, train
 from irllrec_dist.config import Config, SyntheticConfig
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data import synthetic
@@ -27,8 +27,8 @@ def test_embed_then_train_irllrec(tmp_path):
     embed.run(cfg)
 
     data = ds.load(cfg.run_root)
-    items = storage.read_table(embed.embeddings_uri(cfg.run_root, "items"))
-    users = storage.read_table(embed.embeddings_uri(cfg.run_root, "users"))
+    items = storage.read_table(artifacts.embeddings_uri(cfg.run_root, "items"))
+    users = storage.read_table(artifacts.embeddings_uri(cfg.run_root, "users"))
     assert items.schema.field("profile").type.list_size == 384
     iv = np.stack(items.column("profile").to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(iv, axis=1), 1, atol=1e-5)
@@ -39,16 +39,17 @@ def test_embed_then_train_irllrec(tmp_path):
     uv = np.asarray(users.column("profile")[0].as_py())
     assert np.allclose(uv, mean / np.linalg.norm(mean), atol=1e-5)
 
-    before = storage.read_manifest(embed.embeddings_uri(cfg.run_root, "items"))
+    before = storage.read_manifest(artifacts.embeddings_uri(cfg.run_root, "items"))
     embed.run(cfg)  # same config: skipped, nothing rewritten
-    assert storage.read_manifest(embed.embeddings_uri(cfg.run_root, "items")) == before
+    assert storage.read_manifest(artifacts.embeddings_uri(cfg.run_root, "items")) == before
 
     summary = train.run(cfg)
     terms = set(summary["history"][0])
     assert {"bpr", "reg", "prf", "ia", "ta", "itm"} <= terms
     assert all(np.isfinite(summary["history"][-1][t]) for t in ("prf", "ia", "ta", "itm"))
-    ckpt = torch.load(io.BytesIO(storage.read_bytes(evaluate.run_uri(cfg, "checkpoints", "best.pt"))),
-                      weights_only=True)
+    ckpt = torch.load(
+        io.BytesIO(storage.read_bytes(artifacts.run_uri(cfg, "checkpoints", "best.pt"))), weights_only=True
+    )
     assert ckpt["teacher"] is not None and ckpt["text_dim"] == 384
     assert "module.user_protos" in ckpt["teacher"]
     again = evaluate.run(cfg, "test", export=False)
@@ -74,11 +75,22 @@ def _write_intents(root: str, side: str, rows: list[tuple[int, str, list[str]]])
     from irllrec_dist import intents
 
     n = len(rows)
-    table = pa.table({
-        "id": [r[0] for r in rows], "profile": [r[1] for r in rows], "intents": [r[2] for r in rows],
-        "raw_output": ["..."] * n, "status": ["ok"] * n, "attempts": [1] * n, "fallback": [False] * n,
-        "model": ["m"] * n, "prompt_hash": ["h"] * n, "n_output_tokens": [10] * n}, schema=intents.SCHEMA)
-    storage.write_table(intents.side_uri(root, side), table, f"test-{side}")
+    table = pa.table(
+        {
+            "id": [r[0] for r in rows],
+            "profile": [r[1] for r in rows],
+            "intents": [r[2] for r in rows],
+            "raw_output": ["..."] * n,
+            "status": ["ok"] * n,
+            "attempts": [1] * n,
+            "fallback": [False] * n,
+            "model": ["m"] * n,
+            "prompt_hash": ["h"] * n,
+            "n_output_tokens": [10] * n,
+        },
+        schema=intents.SCHEMA,
+    )
+    storage.write_table(artifacts.side_uri(root, side), table, f"test-{side}")
 
 
 def test_embed_uses_llm_profiles_and_intents(tmp_path):
@@ -98,24 +110,33 @@ def test_embed_uses_llm_profiles_and_intents(tmp_path):
     with pytest.raises(InputError, match="no committed intents output"):
         embed.run(cfg)
     cfg.embed.text_source = "auto"
-    _write_intents(cfg.run_root, "items", [(0, "A quiet place to read.", ["reading", "quiet"]),
-                                           (3, "Loud and fun.", [])])
+    _write_intents(
+        cfg.run_root, "items", [(0, "A quiet place to read.", ["reading", "quiet"]), (3, "Loud and fun.", [])]
+    )
     _write_intents(cfg.run_root, "users", [(1, "Likes calm cafes.", ["calm cafes"])])
     embed.run(cfg)
 
     model = embed.Embedder(cfg.embed.model, 8)
     data = ds.load(cfg.run_root)
-    items = storage.read_table(embed.embeddings_uri(cfg.run_root, "items"))
-    users = storage.read_table(embed.embeddings_uri(cfg.run_root, "users"))
-    meta = storage.read_manifest(embed.embeddings_uri(cfg.run_root, "items"))["meta"]
+    items = storage.read_table(artifacts.embeddings_uri(cfg.run_root, "items"))
+    users = storage.read_table(artifacts.embeddings_uri(cfg.run_root, "users"))
+    meta = storage.read_manifest(artifacts.embeddings_uri(cfg.run_root, "items"))["meta"]
     assert meta["text_source"] == "intents" and meta["from_llm"] == 2 and meta["raw_text_fallback"] == 38
 
     def vec(table, col, entity):
         ids = table.column("id").to_numpy()
         return np.asarray(table.column(col)[int(np.flatnonzero(ids == entity)[0])].as_py())
 
-    expect = model.encode(["A quiet place to read.", "reading; quiet", "Loud and fun.", data.item_text[5],
-                           "Likes calm cafes.", "calm cafes"])
+    expect = model.encode(
+        [
+            "A quiet place to read.",
+            "reading; quiet",
+            "Loud and fun.",
+            data.item_text[5],
+            "Likes calm cafes.",
+            "calm cafes",
+        ]
+    )
     assert np.allclose(vec(items, "profile", 0), expect[0], atol=1e-5)
     assert np.allclose(vec(items, "intent", 0), expect[1], atol=1e-5)
     assert np.allclose(vec(items, "intent", 3), expect[2], atol=1e-5)  # no intents: the profile stands in
@@ -181,7 +202,7 @@ def test_killed_in_process_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert clean["history"][0]["loss"] < full_weight(clean["history"][0]) - intent_part / 2
 
     cfg = _resumable_cfg(tmp_path / "root", raw, "killed")
-    real_split_metrics, calls = evaluate.split_metrics, []
+    real_split_metrics, calls = scoring.split_metrics, []
 
     def dies_at_fifth_validation(*args, **kwargs):
         calls.append(1)
@@ -189,12 +210,12 @@ def test_killed_in_process_run_resumes_bit_for_bit(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # what Ctrl-C or a lost machine does to the loop
         return real_split_metrics(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "split_metrics", dies_at_fifth_validation)
+    monkeypatch.setattr(scoring, "split_metrics", dies_at_fifth_validation)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
-    monkeypatch.setattr(evaluate, "split_metrics", real_split_metrics)
-    state_uri = evaluate.run_uri(cfg, "checkpoints", "state.pt")
-    assert storage.exists(state_uri) and not storage.exists(evaluate.run_uri(cfg, "metrics.json"))
+    monkeypatch.setattr(scoring, "split_metrics", real_split_metrics)
+    state_uri = artifacts.run_uri(cfg, "checkpoints", "state.pt")
+    assert storage.exists(state_uri) and not storage.exists(artifacts.run_uri(cfg, "metrics.json"))
 
     other = _resumable_cfg(tmp_path / "root", raw, "killed")
     other.loss.ia = 0.05
@@ -204,8 +225,9 @@ def test_killed_in_process_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     resumed = train.run(cfg)
     assert resumed["resumed_at_epoch"] == 4
     timing = {"epoch_s", "edges_per_s"}
-    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed["history"]] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in clean["history"]]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed["history"]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in clean["history"]
+    ]
     assert resumed["test"] == clean["test"] and resumed["best_epoch"] == clean["best_epoch"]
     assert not storage.exists(state_uri)  # finished: a new start trains from scratch
 

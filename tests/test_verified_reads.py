@@ -47,7 +47,9 @@ def test_truncated_extended_and_missing_shards(out):
     shard = folder / m["shards"][0]["path"]
     good = shard.read_bytes()
     shard.write_bytes(good[:-7])
-    with pytest.raises(storage.CorruptOutput, match=rf"part-00000\.parquet: {len(good) - 7} bytes, manifest promises {len(good)}"):
+    with pytest.raises(
+        storage.CorruptOutput, match=rf"part-00000\.parquet: {len(good) - 7} bytes, manifest promises {len(good)}"
+    ):
         storage.read_table(uri)
     shard.write_bytes(good + b"\0")
     with pytest.raises(storage.CorruptOutput, match="manifest promises"):
@@ -73,16 +75,19 @@ def test_a_shard_swapped_with_a_consistent_manifest_entry_is_caught_by_schema(ou
         storage.read_table(uri)
 
 
-@pytest.mark.parametrize("path", [
-    "../other/attempt-20260101T000000-0123456789abcdef/part-00000.parquet",
-    "/etc/attempt-20260101T000000-0123456789abcdef/part-00000.parquet",
-    "attempt-20260101T000000-0123456789abcdef/../../x/part-00000.parquet",
-    "attempt-20260101T000000-0123456789abcdef/part-00000.parquet/../../../secret",
-    "attempt-20260101T000000-0123456789abcdef/part-0.parquet",
-    "s3://bucket/attempt-20260101T000000-0123456789abcdef/part-00000.parquet",
-    "attempt-20260101T000000-0123456789abcdef\\..\\part-00000.parquet",
-    "",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../other/attempt-20260101T000000-0123456789abcdef/part-00000.parquet",
+        "/etc/attempt-20260101T000000-0123456789abcdef/part-00000.parquet",
+        "attempt-20260101T000000-0123456789abcdef/../../x/part-00000.parquet",
+        "attempt-20260101T000000-0123456789abcdef/part-00000.parquet/../../../secret",
+        "attempt-20260101T000000-0123456789abcdef/part-0.parquet",
+        "s3://bucket/attempt-20260101T000000-0123456789abcdef/part-00000.parquet",
+        "attempt-20260101T000000-0123456789abcdef\\..\\part-00000.parquet",
+        "",
+    ],
+)
 def test_shard_paths_are_confined_to_their_output(out, path):
     folder, uri, m = out
     _rewrite_manifest(folder, lambda mm: mm["shards"][0].update(path=path))
@@ -106,19 +111,22 @@ def test_a_group_table_cannot_name_another_tables_shard(tmp_path):
         storage.read_table(storage.join(uri, "items"))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m.update(num_rows="10"), "'num_rows' is '10' but its shards hold 10"),
-    (lambda m: m.update(num_rows=11), "'num_rows' is 11 but its shards hold 10"),
-    (lambda m: m.update(shards={}), "'shards' is missing or not a list"),
-    (lambda m: m["shards"][0].update(num_rows=-1), "shard 0 'num_rows' is -1"),
-    (lambda m: m["shards"][0].update(num_rows=True), "shard 0 'num_rows' is True"),
-    (lambda m: m["shards"][0].update(bytes=1.5), "shard 0 'bytes' is 1.5"),
-    (lambda m: m["shards"][0].update(sha256="abc"), "shard 0 'sha256' is 'abc'"),
-    (lambda m: m["shards"].__setitem__(0, "x"), "shard 0 is not an object"),
-    (lambda m: m.update(schema_ipc="zz"), "'schema_ipc' is missing or unreadable"),
-    (lambda m: m.pop("config_hash"), "'config_hash' is missing"),
-    (lambda m: m.update(format_version=99), "manifest format 99; expected 2"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.update(num_rows="10"), "'num_rows' is '10' but its shards hold 10"),
+        (lambda m: m.update(num_rows=11), "'num_rows' is 11 but its shards hold 10"),
+        (lambda m: m.update(shards={}), "'shards' is missing or not a list"),
+        (lambda m: m["shards"][0].update(num_rows=-1), "shard 0 'num_rows' is -1"),
+        (lambda m: m["shards"][0].update(num_rows=True), "shard 0 'num_rows' is True"),
+        (lambda m: m["shards"][0].update(bytes=1.5), "shard 0 'bytes' is 1.5"),
+        (lambda m: m["shards"][0].update(sha256="abc"), "shard 0 'sha256' is 'abc'"),
+        (lambda m: m["shards"].__setitem__(0, "x"), "shard 0 is not an object"),
+        (lambda m: m.update(schema_ipc="zz"), "'schema_ipc' is missing or unreadable"),
+        (lambda m: m.pop("config_hash"), "'config_hash' is missing"),
+        (lambda m: m.update(format_version=99), "manifest format 99; expected 2"),
+    ],
+)
 def test_a_malformed_manifest_is_named_with_what_is_wrong(out, change, message):
     folder, uri, _ = out
     _rewrite_manifest(folder, change)

@@ -10,8 +10,9 @@ from irllrec_dist.config import SyntheticConfig
 from irllrec_dist.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = [f"{p}-s{s}" for s in (2023, 2024) for p in ("lightgcn", "rlmrec_con", "irllrec")] + \
-    [f"irllrec_{r}-s2023" for r in ("no_ia", "no_ta", "no_itm", "no_warmup", "reference")]
+ROWS = [f"{p}-s{s}" for s in (2023, 2024) for p in ("lightgcn", "rlmrec_con", "irllrec")] + [
+    f"irllrec_{r}-s2023" for r in ("no_ia", "no_ta", "no_itm", "no_warmup", "reference")
+]
 
 
 def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
@@ -20,15 +21,29 @@ def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
     preset = tmp_path / "tiny.yaml"
     preset.write_text(f"run_root: {tmp_path / 'root'}\ningest:\n  format: parquet\n  source: {raw}\n")
     env = dict(os.environ, DATASET=str(preset), SEEDS="2023 2024", JOBS="2", PY=sys.executable)
-    args = ["bash", str(REPO / "launch" / "yelp_table.sh"), "train.max_epochs=1", "model.intents=8",
-            "loss.itm_max_nodes=32"]
+    args = [
+        "bash",
+        str(REPO / "launch" / "yelp_table.sh"),
+        "train.max_epochs=1",
+        "model.intents=8",
+        "loss.itm_max_nodes=32",
+    ]
     out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for name in ROWS:
         assert (tmp_path / "root" / "runs" / name / "metrics.json").exists(), name
     table = out.stdout
-    for group, n in [("lightgcn", 2), ("rlmrec_con", 2), ("irllrec", 2), ("irllrec_no_ia", 1),
-                     ("irllrec_no_ta", 1), ("irllrec_no_itm", 1), ("irllrec_no_warmup", 1), ("irllrec_reference", 1), ("popularity", 1)]:
+    for group, n in [
+        ("lightgcn", 2),
+        ("rlmrec_con", 2),
+        ("irllrec", 2),
+        ("irllrec_no_ia", 1),
+        ("irllrec_no_ta", 1),
+        ("irllrec_no_itm", 1),
+        ("irllrec_no_warmup", 1),
+        ("irllrec_reference", 1),
+        ("popularity", 1),
+    ]:
         assert f"| {group} | {n} |" in table, (group, table)
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("skip ") == len(ROWS), again.stdout[-2000:]
@@ -44,7 +59,9 @@ def test_yelp_table_script_trains_every_row_and_resumes(tmp_path):
     started = [line.split()[-1] for line in out.stdout.splitlines() if " start " in line]
     assert started == ["irllrec-s2024", "lightgcn-s2023"], out.stdout[-2000:]
     assert "skip " not in out.stdout
-    for rows, message in (("irllrec-s9999", "no row named irllrec-s9999"),
-                          ("lightgcn-s2023 lightgcn-s2023", "lightgcn-s2023 named twice")):
+    for rows, message in (
+        ("irllrec-s9999", "no row named irllrec-s9999"),
+        ("lightgcn-s2023 lightgcn-s2023", "lightgcn-s2023 named twice"),
+    ):
         bad = subprocess.run(args, cwd=REPO, env=dict(picked, ROWS=rows), capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr

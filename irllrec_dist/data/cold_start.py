@@ -18,20 +18,23 @@ import pyarrow.compute as pc
 from irllrec_dist.data.readers import SPLITS, InputError
 
 
-
 def _draw(table: pa.Table, seen: np.ndarray, fraction: float, side: str, rng) -> tuple[np.ndarray, dict]:
     has_text = ~pc.is_null(table.column("text")).to_numpy(zero_copy_only=False)
     eligible = np.flatnonzero(has_text & seen)
     n_cold = int(round(fraction * len(eligible)))
     if n_cold == 0:
-        raise InputError(f"ingest.cold_{side}s={fraction} of the {len(eligible)} {side}s with text and "
-                         f"interactions selects none; expected at least one (do the {side}s have text?)")
+        raise InputError(
+            f"ingest.cold_{side}s={fraction} of the {len(eligible)} {side}s with text and "
+            f"interactions selects none; expected at least one (do the {side}s have text?)"
+        )
     cold = np.zeros(table.num_rows, dtype=bool)
     cold[rng.choice(eligible, n_cold, replace=False)] = True
     return cold, {"fraction": fraction, "count": n_cold, "eligible": int(len(eligible))}
 
 
-def hold_out_cold(tables: dict[str, pa.Table], users: float, items: float, seed: int) -> tuple[dict[str, pa.Table], dict]:
+def hold_out_cold(
+    tables: dict[str, pa.Table], users: float, items: float, seed: int
+) -> tuple[dict[str, pa.Table], dict]:
     """-> (tables with ``cold_users`` / ``cold_items`` edge tables for the non-zero shares and
     their edges removed from train/val/test, report)."""
     for side, fraction in (("users", users), ("items", items)):

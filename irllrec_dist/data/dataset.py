@@ -53,8 +53,9 @@ class Dataset:
 
     def matrix(self, split: str) -> sp.csr_matrix:
         e = getattr(self, split)
-        return sp.csr_matrix((np.ones(len(e), dtype=np.float32), (e[:, 0], e[:, 1])),
-                             shape=(self.n_users, self.n_items))
+        return sp.csr_matrix(
+            (np.ones(len(e), dtype=np.float32), (e[:, 0], e[:, 1])), shape=(self.n_users, self.n_items)
+        )
 
 
 def is_committed(run_root: str, chash: str | None = None) -> bool:
@@ -64,17 +65,21 @@ def is_committed(run_root: str, chash: str | None = None) -> bool:
         group = storage.read_group(dataset_uri(run_root))
     except storage.CorruptOutput:
         return False  # unreadable: not a dataset to skip over; ingest rewrites it
-    return (group is not None and all(t in group["tables"] for t in TABLES)
-            and (chash is None or group["config_hash"] == chash)
-            and not storage.missing_shards(dataset_uri(run_root), group))
+    return (
+        group is not None
+        and all(t in group["tables"] for t in TABLES)
+        and (chash is None or group["config_hash"] == chash)
+        and not storage.missing_shards(dataset_uri(run_root), group)
+    )
 
 
 def load(run_root: str) -> Dataset:
     base = dataset_uri(run_root)
     group = storage.read_group(base)
     if group is None:
-        raise storage.OutputMissing(f"{base}: no {storage.GROUP_MANIFEST} (dataset absent or never committed); "
-                                    "run ingest first")
+        raise storage.OutputMissing(
+            f"{base}: no {storage.GROUP_MANIFEST} (dataset absent or never committed); run ingest first"
+        )
     missing = [t for t in TABLES if t not in group["tables"]]
     if missing:
         raise storage.CorruptOutput(f"{storage.join(base, storage.GROUP_MANIFEST)}: no table(s) {missing}")
@@ -86,9 +91,14 @@ def load(run_root: str) -> Dataset:
 
     users, items = tables["users"], tables["items"]
     return Dataset(
-        n_users=users.num_rows, n_items=items.num_rows,
-        train=edges("train"), val=edges("val"), test=edges("test"),
-        user_raw=users.column("raw_id").to_pylist(), item_raw=items.column("raw_id").to_pylist(),
-        user_text=users.column("text").to_pylist(), item_text=items.column("text").to_pylist(),
+        n_users=users.num_rows,
+        n_items=items.num_rows,
+        train=edges("train"),
+        val=edges("val"),
+        test=edges("test"),
+        user_raw=users.column("raw_id").to_pylist(),
+        item_raw=items.column("raw_id").to_pylist(),
+        user_text=users.column("text").to_pylist(),
+        item_text=items.column("text").to_pylist(),
         **{name: edges(name) for name in COLD_TABLES if name in tables},
     )

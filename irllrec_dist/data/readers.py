@@ -91,8 +91,8 @@ import math
 import pickle
 import pickletools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -147,6 +147,7 @@ class IdColumn:
     """One id column. ``codes[r]`` is row r's id as an index into ``values``, the column's
     distinct ids in canonical form (large_string). ``values`` None: integer ids in a declared
     range (pickled matrices), ``codes`` are the ids themselves."""
+
     codes: np.ndarray
     values: pa.Array | None = None
 
@@ -227,12 +228,15 @@ def check_declared_range(n: int, present: int, side: str, where: str) -> None:
     the entity table, so the bound keeps memory proportional to the edges present."""
     bound = 2 * present + DECLARED_SLACK
     if n > bound:
-        raise InputError(f"{where}: declared shape gives {n} {side}s but only {present} distinct {side} ids "
-                         f"occur in the matrices; expected at most 2 x {present} + {DECLARED_SLACK} = {bound} "
-                         f"(a declared range may add at most that many {side}s without any edge)")
+        raise InputError(
+            f"{where}: declared shape gives {n} {side}s but only {present} distinct {side} ids "
+            f"occur in the matrices; expected at most 2 x {present} + {DECLARED_SLACK} = {bound} "
+            f"(a declared range may add at most that many {side}s without any edge)"
+        )
 
 
 # ---------------------------------------------------------------- pickles
+
 
 class _PickleRefused(Exception):
     """Something in the pickle that a scipy sparse matrix of numeric numpy arrays never holds."""
@@ -241,6 +245,7 @@ class _PickleRefused(Exception):
 class _SparseStub:
     """Stands in for a pickled scipy sparse matrix or array: it receives the pickled state
     (a dict of arrays and the shape) and runs no scipy code."""
+
     fmt = "coo"
     cls_name = "coo_matrix"
     state = None
@@ -283,10 +288,17 @@ class _DtypeStub:
         st = self.state
         if st is not None:
             # (version, byte order, subarray, names, fields, elsize, alignment, flags[, metadata])
-            if not (isinstance(st, tuple) and len(st) >= 8 and st[1] in ("<", ">", "|", "=")
-                    and st[2] is None and st[3] is None and st[4] is None):
-                raise _PickleRefused(f"numpy dtype {self.code} with state {show(st)} (a plain numeric dtype has "
-                                     f"no subarray or fields)")
+            if not (
+                isinstance(st, tuple)
+                and len(st) >= 8
+                and st[1] in ("<", ">", "|", "=")
+                and st[2] is None
+                and st[3] is None
+                and st[4] is None
+            ):
+                raise _PickleRefused(
+                    f"numpy dtype {self.code} with state {show(st)} (a plain numeric dtype has no subarray or fields)"
+                )
             if st[1] in ("<", ">"):
                 dt = dt.newbyteorder(st[1])
         return dt
@@ -349,16 +361,31 @@ def _empty_bytes(*args):
 
 def _copyreg_reconstructor(cls=None, base=None, state=None, *rest):
     """Protocols 0/1 rebuild a plain object as ``copyreg._reconstructor(cls, object, None)``."""
-    if not (isinstance(cls, type) and issubclass(cls, _SparseStub)) or base is not _ObjectMarker \
-            or state is not None or rest:
+    if (
+        not (isinstance(cls, type) and issubclass(cls, _SparseStub))
+        or base is not _ObjectMarker
+        or state is not None
+        or rest
+    ):
         raise _PickleRefused("copyreg._reconstructor of something other than a scipy sparse matrix")
     return cls()
 
 
-_SPARSE_MODULES = ("scipy.sparse", "scipy.sparse._coo", "scipy.sparse.coo", "scipy.sparse._csr",
-                   "scipy.sparse.csr", "scipy.sparse._csc", "scipy.sparse.csc", "scipy.sparse._arrays")
-_SPARSE_STUBS = {f"{fmt}_{kind}": type(f"_{fmt}_{kind}", (_SparseStub,), {"fmt": fmt, "cls_name": f"{fmt}_{kind}"})
-                 for fmt in ("coo", "csr", "csc") for kind in ("matrix", "array")}
+_SPARSE_MODULES = (
+    "scipy.sparse",
+    "scipy.sparse._coo",
+    "scipy.sparse.coo",
+    "scipy.sparse._csr",
+    "scipy.sparse.csr",
+    "scipy.sparse._csc",
+    "scipy.sparse.csc",
+    "scipy.sparse._arrays",
+)
+_SPARSE_STUBS = {
+    f"{fmt}_{kind}": type(f"_{fmt}_{kind}", (_SparseStub,), {"fmt": fmt, "cls_name": f"{fmt}_{kind}"})
+    for fmt in ("coo", "csr", "csc")
+    for kind in ("matrix", "array")
+}
 _NUMPY_CORE = ("numpy.core", "numpy._core")
 
 # What each admitted global becomes. Every target is inert: nothing from numpy or scipy runs
@@ -369,11 +396,15 @@ PICKLE_ALLOW = {
     **{(f"{core}.multiarray", "_reconstruct"): _np_reconstruct for core in _NUMPY_CORE},
     **{(f"{core}.multiarray", "scalar"): _np_scalar for core in _NUMPY_CORE},
     **{(f"{core}.numeric", "_frombuffer"): _np_frombuffer for core in _NUMPY_CORE},
-    ("numpy", "ndarray"): _NdarrayMarker, ("numpy", "dtype"): _DtypeStub,
+    ("numpy", "ndarray"): _NdarrayMarker,
+    ("numpy", "dtype"): _DtypeStub,
     ("_codecs", "encode"): _codecs_encode,
-    ("copy_reg", "_reconstructor"): _copyreg_reconstructor, ("copyreg", "_reconstructor"): _copyreg_reconstructor,
-    ("__builtin__", "object"): _ObjectMarker, ("builtins", "object"): _ObjectMarker,
-    ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
+    ("copy_reg", "_reconstructor"): _copyreg_reconstructor,
+    ("copyreg", "_reconstructor"): _copyreg_reconstructor,
+    ("__builtin__", "object"): _ObjectMarker,
+    ("builtins", "object"): _ObjectMarker,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -385,8 +416,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         target = PICKLE_ALLOW.get((module, name))
         if target is None:
-            raise InputError(f"{self.source}: pickle asks for {str(module)[:100]}.{str(name)[:100]}, which is not "
-                             f"in the allow-list (expected only scipy sparse matrices of numpy arrays)")
+            raise InputError(
+                f"{self.source}: pickle asks for {str(module)[:100]}.{str(name)[:100]}, which is not "
+                f"in the allow-list (expected only scipy sparse matrices of numpy arrays)"
+            )
         return target
 
     def persistent_load(self, pid):
@@ -404,21 +437,29 @@ def _prescan(data: bytes, uri: str) -> None:
         for op, arg, pos in pickletools.genops(io.BytesIO(data)):
             n += 1
             if n > MAX_PICKLE_OPCODES:
-                raise InputError(f"{uri}: pickle has more than {MAX_PICKLE_OPCODES} opcodes; expected a scipy "
-                                 f"sparse matrix (a few hundred)")
+                raise InputError(
+                    f"{uri}: pickle has more than {MAX_PICKLE_OPCODES} opcodes; expected a scipy "
+                    f"sparse matrix (a few hundred)"
+                )
             if op.name == "FRAME" and pos + 9 + arg > len(data):
-                raise InputError(f"{uri}: pickle frame at byte {pos} declares {arg} bytes but {len(data) - pos - 9} "
-                                 f"follow; expected a complete pickle")
+                raise InputError(
+                    f"{uri}: pickle frame at byte {pos} declares {arg} bytes but {len(data) - pos - 9} "
+                    f"follow; expected a complete pickle"
+                )
             # The C unpickler grows its memo table to the index a PUT names: LONG_BINPUT 2**31
             # would allocate 16 GiB. Picklers number memo entries 0, 1, 2, ..., one per PUT.
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not (0 <= arg < n):
-                raise InputError(f"{uri}: pickle stores memo entry {arg} at byte {pos} after {n - 1} opcodes; "
-                                 f"expected entries numbered in order")
+                raise InputError(
+                    f"{uri}: pickle stores memo entry {arg} at byte {pos} after {n - 1} opcodes; "
+                    f"expected entries numbered in order"
+                )
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 -- pickletools raises ValueError and friends on bad bytes
-        raise InputError(f"{uri}: not a readable pickle near byte {pos} ({type(e).__name__}: "
-                         f"{one_line(str(e), 200)}); expected a pickled scipy sparse matrix") from e
+        raise InputError(
+            f"{uri}: not a readable pickle near byte {pos} ({type(e).__name__}: "
+            f"{one_line(str(e), 200)}); expected a pickled scipy sparse matrix"
+        ) from e
 
 
 def _unpickle(data: bytes, uri: str):
@@ -455,8 +496,9 @@ def _to_array(obj, what: str, uri: str) -> np.ndarray:
         raise InputError(f"{uri}: '{what}' data is {type(raw).__name__}; expected the array's bytes")
     n = math.prod(shape)
     if n * dt.itemsize != len(raw):
-        raise InputError(f"{uri}: '{what}' holds {len(raw)} bytes; expected {n} x {dt.itemsize} for shape {shape} "
-                         f"of {dt}")
+        raise InputError(
+            f"{uri}: '{what}' holds {len(raw)} bytes; expected {n} x {dt.itemsize} for shape {shape} of {dt}"
+        )
     return np.frombuffer(raw, dtype=dt, count=n).reshape(shape, order="F" if obj.fortran is True else "C")
 
 
@@ -506,8 +548,9 @@ def _matrix_edges(obj, uri: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int
             raise InputError(f"{uri}: {name} coords are {show(coords)}; expected (row, col) arrays")
         rows, cols = _index_array(coords[0], "row", uri), _index_array(coords[1], "col", uri)
         if not (len(rows) == len(cols) == nnz):
-            raise InputError(f"{uri}: {name} has {len(rows)} rows, {len(cols)} cols and {nnz} values; "
-                             f"expected equal lengths")
+            raise InputError(
+                f"{uri}: {name} has {len(rows)} rows, {len(cols)} cols and {nnz} values; expected equal lengths"
+            )
         _check_range(rows, n_rows, "user", uri)
         _check_range(cols, n_cols, "item", uri)
     else:
@@ -515,27 +558,33 @@ def _matrix_edges(obj, uri: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int
         n_major, n_minor = (n_rows, n_cols) if obj.fmt == "csr" else (n_cols, n_rows)
         minor_side = "item" if obj.fmt == "csr" else "user"
         if len(indptr) != n_major + 1:
-            raise InputError(f"{uri}: {name} indptr has {len(indptr)} entries; expected {n_major} + 1 for "
-                             f"shape {shape}")
+            raise InputError(
+                f"{uri}: {name} indptr has {len(indptr)} entries; expected {n_major} + 1 for shape {shape}"
+            )
         if indptr[0] != 0:
             raise InputError(f"{uri}: {name} indptr starts at {int(indptr[0])}; expected 0")
         steps = np.diff(indptr)
         down = np.flatnonzero(steps < 0)
         if down.size:
             k = int(down[0])
-            raise InputError(f"{uri}: {name} indptr decreases at position {k + 1} ({int(indptr[k])} -> "
-                             f"{int(indptr[k + 1])}); expected non-decreasing offsets")
+            raise InputError(
+                f"{uri}: {name} indptr decreases at position {k + 1} ({int(indptr[k])} -> "
+                f"{int(indptr[k + 1])}); expected non-decreasing offsets"
+            )
         if not (int(indptr[-1]) == len(indices) == nnz):
-            raise InputError(f"{uri}: {name} indptr ends at {int(indptr[-1])} with {len(indices)} indices and "
-                             f"{nnz} values; expected all three equal")
+            raise InputError(
+                f"{uri}: {name} indptr ends at {int(indptr[-1])} with {len(indices)} indices and "
+                f"{nnz} values; expected all three equal"
+            )
         _check_range(indices, n_minor, minor_side, uri)
         major = np.repeat(np.arange(n_major, dtype=np.int64), steps)
         rows, cols = (major, indices) if obj.fmt == "csr" else (indices, major)
     bad = np.flatnonzero(data != 1) if nnz else np.array([], dtype=np.int64)
     if bad.size:
         k = int(bad[0])
-        raise InputError(f"{uri}: entry {k} (user {rows[k]}, item {cols[k]}) has value {data[k]}; "
-                         f"expected implicit feedback (1.0)")
+        raise InputError(
+            f"{uri}: entry {k} (user {rows[k]}, item {cols[k]}) has value {data[k]}; expected implicit feedback (1.0)"
+        )
     return rows, cols, (n_rows, n_cols)
 
 
@@ -555,8 +604,10 @@ def read_rlmrec_pickles(source: str) -> RawDataset:
         if shape is None:
             shape, first = m_shape, uri
         elif m_shape != shape:
-            raise InputError(f"{uri}: shape {m_shape} differs from trn_mat.pkl's {shape} "
-                             f"(expected every split over the same users x items)")
+            raise InputError(
+                f"{uri}: shape {m_shape} differs from trn_mat.pkl's {shape} "
+                f"(expected every split over the same users x items)"
+            )
         splits[split] = RawEdges(uri, IdColumn(rows), IdColumn(cols), _entry_label)
     from irllrec_dist.data.arrays import sorted_unique
 
@@ -600,8 +651,10 @@ def id_column(col, name: str, uri: str, locate: Callable[[int], str]) -> IdColum
     t = col.type
     vt = t.value_type if pa.types.is_dictionary(t) else t
     if not (pa.types.is_integer(vt) or _is_str_type(vt)):
-        raise InputError(f"{uri}: column '{name}' has type {t}; expected string or integer ids (floats, booleans, "
-                         f"binary and nested values have no exact id)")
+        raise InputError(
+            f"{uri}: column '{name}' has type {t}; expected string or integer ids (floats, booleans, "
+            f"binary and nested values have no exact id)"
+        )
     if col.null_count:
         first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{uri} {locate(first)}: empty '{name}'; expected an id")
@@ -619,8 +672,10 @@ def id_column(col, name: str, uri: str, locate: Callable[[int], str]) -> IdColum
         values = enc.dictionary.cast(pa.large_string())  # integers -> decimal, exact for uint64 too
         idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(values)):
-            raise InputError(f"{uri}: column '{name}' has dictionary indices outside its dictionary; expected a "
-                             f"valid dictionary encoding")
+            raise InputError(
+                f"{uri}: column '{name}' has dictionary indices outside its dictionary; expected a "
+                f"valid dictionary encoding"
+            )
         codes_parts.append(idx + offset)
         value_parts.append(values)
         offset += len(values)
@@ -629,8 +684,10 @@ def id_column(col, name: str, uri: str, locate: Callable[[int], str]) -> IdColum
     bad = _utf8_error_index(all_values)
     if bad is not None:
         row = int(np.flatnonzero(codes == bad)[0]) if (codes == bad).any() else 0
-        raise InputError(f"{uri} {locate(row)}: '{name}' is not valid UTF-8 "
-                         f"({show(all_values.cast(pa.large_binary())[bad].as_py())}); expected UTF-8 text")
+        raise InputError(
+            f"{uri} {locate(row)}: '{name}' is not valid UTF-8 "
+            f"({show(all_values.cast(pa.large_binary())[bad].as_py())}); expected UTF-8 text"
+        )
     uniq = pc.unique(all_values)
     remap = pc.index_in(all_values, value_set=uniq).to_numpy(zero_copy_only=False).astype(np.int64)
     codes = remap[codes]
@@ -650,12 +707,19 @@ def _check_id_values(col: IdColumn, name: str, uri: str, locate: Callable[[int],
     nbytes = pc.binary_length(v)
     checks = (
         (pc.equal(nbytes, 0), None),
-        (pc.greater(nbytes, MAX_ID_BYTES), f"is longer than {MAX_ID_BYTES} bytes; expected an id of at most "
-                                           f"{MAX_ID_BYTES} bytes"),
-        (pc.match_substring_regex(v, _BAD_ID_CHARS), "contains a control character or line separator; expected "
-                                                     "printable text"),
-        (pc.not_equal(pc.utf8_trim_whitespace(v), v), "has leading or trailing whitespace; expected the id alone "
-                                                      "(ids are not trimmed: ' 7' and '7' would be two ids)"),
+        (
+            pc.greater(nbytes, MAX_ID_BYTES),
+            f"is longer than {MAX_ID_BYTES} bytes; expected an id of at most {MAX_ID_BYTES} bytes",
+        ),
+        (
+            pc.match_substring_regex(v, _BAD_ID_CHARS),
+            "contains a control character or line separator; expected printable text",
+        ),
+        (
+            pc.not_equal(pc.utf8_trim_whitespace(v), v),
+            "has leading or trailing whitespace; expected the id alone "
+            "(ids are not trimmed: ' 7' and '7' would be two ids)",
+        ),
     )
     for mask, what in checks:
         m = mask.to_numpy(zero_copy_only=False)
@@ -686,8 +750,10 @@ def _check_text_bytes(data: bytes, uri: str) -> int:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InputError(f"{uri} line {_line_of(data, e.start)}: invalid UTF-8 at byte offset {e.start} "
-                             f"({show(data[e.start:e.start + 4])}); expected UTF-8 text") from e
+            raise InputError(
+                f"{uri} line {_line_of(data, e.start)}: invalid UTF-8 at byte offset {e.start} "
+                f"({show(data[e.start : e.start + 4])}); expected UTF-8 text"
+            ) from e
     return len(_BOM) if data.startswith(_BOM) else 0
 
 
@@ -770,8 +836,10 @@ def _locate_csv_error(data: bytes, uri: str, err: Exception) -> InputError:
                 header = rec
                 continue
             if len(rec) != len(header):
-                return InputError(f"{uri} line {start}: {len(rec)} field(s) {show(','.join(rec))}; expected "
-                                  f"{len(header)} as in the header {show(','.join(header))}")
+                return InputError(
+                    f"{uri} line {start}: {len(rec)} field(s) {show(','.join(rec))}; expected "
+                    f"{len(header)} as in the header {show(','.join(header))}"
+                )
     except csv.Error as e:
         return InputError(f"{uri} line {reader.line_num}: {e}; expected a CSV record")
     return InputError(f"{uri}: not a readable CSV edge list ({one_line(str(err), 300)})")
@@ -781,8 +849,7 @@ def _require(names: list[str], cols: tuple[str, ...], where: str) -> None:
     missing = [c for c in cols if c not in names]
     if missing:
         hint = " (the header must be comma-separated)" if len(names) == 1 and names[0] != cols[0] else ""
-        raise InputError(f"{where}: missing column(s) {missing}; expected {list(cols)}, "
-                         f"found {show(names, 200)}{hint}")
+        raise InputError(f"{where}: missing column(s) {missing}; expected {list(cols)}, found {show(names, 200)}{hint}")
 
 
 def read_csv_edges(uri: str) -> RawEdges:
@@ -797,8 +864,10 @@ def _parse_csv_edges(data: bytes, uri: str) -> RawEdges:
         raise InputError(f"{uri}: empty file; expected a header line 'user,item' and one edge per line")
     if data.count(b"\r") != data.count(b"\r\n"):
         pos = re.search(rb"\r(?!\n)", data).start()
-        raise InputError(f"{uri} line {_line_of(data, pos)}: carriage return not followed by a newline at byte offset "
-                         f"{pos}; expected lines ending in \\n or \\r\\n")
+        raise InputError(
+            f"{uri} line {_line_of(data, pos)}: carriage return not followed by a newline at byte offset "
+            f"{pos}; expected lines ending in \\n or \\r\\n"
+        )
     if b"\n" not in data:  # a header alone: pyarrow needs its line end
         data += b"\n"
     table = None
@@ -810,8 +879,12 @@ def _parse_csv_edges(data: bytes, uri: str) -> RawEdges:
                 # Quoted fields may span lines (then blocks must be split quote-aware).
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 # Ids are strings, whatever they look like: no float inference, no nulls.
-                convert_options=pacsv.ConvertOptions(column_types={"user": pa.string(), "item": pa.string()},
-                                                     strings_can_be_null=False, quoted_strings_can_be_null=False))
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"user": pa.string(), "item": pa.string()},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
             break
         except pa.ArrowInvalid as e:
             # A row longer than a block (1 MiB) is not an error of the file: read it as one block.
@@ -823,8 +896,10 @@ def _parse_csv_edges(data: bytes, uri: str) -> RawEdges:
     repeated = [(c, k) for c, k in collections.Counter(names).items() if k > 1]
     if repeated:
         c, k = repeated[0]
-        raise InputError(f"{uri} line {lines.header_line()}: column {show(c)} appears {k} times in the header; "
-                         f"expected each column once")
+        raise InputError(
+            f"{uri} line {lines.header_line()}: column {show(c)} appears {k} times in the header; "
+            f"expected each column once"
+        )
     _require(names, ("user", "item"), uri)
     users = id_column(table.column("user"), "user", uri, lines)
     items = id_column(table.column("item"), "item", uri, lines)
@@ -833,8 +908,10 @@ def _parse_csv_edges(data: bytes, uri: str) -> RawEdges:
     if ku is not None and ki is not None:
         rep = np.flatnonzero((users.codes == ku) & (items.codes == ki))
         if rep.size:
-            raise InputError(f"{uri} {lines(int(rep[0]))}: the header 'user,item' again; expected a data row "
-                             f"(concatenated files must drop their headers)")
+            raise InputError(
+                f"{uri} {lines(int(rep[0]))}: the header 'user,item' again; expected a data row "
+                f"(concatenated files must drop their headers)"
+            )
     return RawEdges(uri, users, items, lines)
 
 
@@ -874,14 +951,18 @@ def _json_load(text: str, uri: str, line: int):
     try:
         return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except _DuplicateKey as e:
-        raise InputError(f"{uri} line {line}: key {show(e.args[0])} appears twice in one object; expected each "
-                         f"key once") from e
+        raise InputError(
+            f"{uri} line {line}: key {show(e.args[0])} appears twice in one object; expected each key once"
+        ) from e
     except json.JSONDecodeError as e:
-        raise InputError(f"{uri} line {line}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON "
-                         f"object per line") from e
+        raise InputError(
+            f"{uri} line {line}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
+        ) from e
     except (ValueError, RecursionError) as e:
-        raise InputError(f"{uri} line {line}: not valid JSON ({type(e).__name__}: {one_line(str(e), 200)}); "
-                         f"expected one JSON object per line") from e
+        raise InputError(
+            f"{uri} line {line}: not valid JSON ({type(e).__name__}: {one_line(str(e), 200)}); "
+            f"expected one JSON object per line"
+        ) from e
 
 
 # JSON may escape half of a UTF-16 surrogate pair ("\\ud800"): valid JSON, but not Unicode text
@@ -896,8 +977,10 @@ def _check_no_surrogates(rec, uri: str, line: int) -> None:
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError as e:
-                raise InputError(f"{uri} line {line}: unpaired UTF-16 surrogate {show(v[e.start:e.end])} in "
-                                 f"{show(v)}; expected text that is valid Unicode") from e
+                raise InputError(
+                    f"{uri} line {line}: unpaired UTF-16 surrogate {show(v[e.start : e.end])} in "
+                    f"{show(v)}; expected text that is valid Unicode"
+                ) from e
 
 
 def _text_value(value, uri: str, line: int) -> str | None:
@@ -911,12 +994,15 @@ def _text_value(value, uri: str, line: int) -> str | None:
         try:
             inner = json.loads(stripped)
         except (ValueError, RecursionError) as e:
-            raise InputError(f"{uri} line {line}: text looks like JSON but does not parse "
-                             f"({type(e).__name__}: {one_line(str(e), 200)})") from e
+            raise InputError(
+                f"{uri} line {line}: text looks like JSON but does not parse "
+                f"({type(e).__name__}: {one_line(str(e), 200)})"
+            ) from e
         parts = [v for v in inner.values() if isinstance(v, str)] if isinstance(inner, dict) else []
         if not parts:
-            raise InputError(f"{uri} line {line}: inner JSON has no string field; expected e.g. "
-                             f'{{"summarization": "..."}}')
+            raise InputError(
+                f'{uri} line {line}: inner JSON has no string field; expected e.g. {{"summarization": "..."}}'
+            )
         text = " ".join(parts)
         _check_no_surrogates(text, uri, line)
         return text
@@ -950,12 +1036,15 @@ def _parse_jsonl_text(data: bytes, uri: str, id_keys: tuple[str, ...], side: str
             raise InputError(f"{uri} line {n}: no id field; expected one of {list(id_keys)}")
         others = [k for k in rec if k != key]
         if len(others) != 1:
-            raise InputError(f"{uri} line {n}: expected exactly one text field beside '{key}', "
-                             f"found {show(others, 200)}")
+            raise InputError(
+                f"{uri} line {n}: expected exactly one text field beside '{key}', found {show(others, 200)}"
+            )
         value = rec[key]
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise InputError(f"{uri} line {n}: '{key}' is {_json_kind(value)} {show(value)}; expected a JSON "
-                             f"string or integer id (ids are kept exactly)")
+            raise InputError(
+                f"{uri} line {n}: '{key}' is {_json_kind(value)} {show(value)}; expected a JSON "
+                f"string or integer id (ids are kept exactly)"
+            )
         ids.append(str(value) if isinstance(value, int) else value)
         texts.append(_text_value(rec[others[0]], uri, n))
         lines.append(n)
@@ -969,6 +1058,7 @@ def _parse_jsonl_text(data: bytes, uri: str, id_keys: tuple[str, ...], side: str
 
 # ---------------------------------------------------------------- parquet
 
+
 def _read_parquet(uri: str, columns: tuple[str, ...], text_column: str | None = None) -> pa.Table:
     """The named columns of a Parquet file, after its footer has been checked against the file's
     size; string columns are read dictionary-encoded so a repeated value is not decoded per row."""
@@ -978,8 +1068,9 @@ def _read_parquet(uri: str, columns: tuple[str, ...], text_column: str | None = 
             pf = pq.ParquetFile(pa.BufferReader(data))
             schema, md = pf.schema_arrow, pf.metadata
         except Exception as e:  # noqa: BLE001
-            raise InputError(f"{uri}: unreadable Parquet file ({type(e).__name__}: {one_line(str(e), 200)}); "
-                             f"expected a Parquet file") from e
+            raise InputError(
+                f"{uri}: unreadable Parquet file ({type(e).__name__}: {one_line(str(e), 200)}); expected a Parquet file"
+            ) from e
         names = schema.names
         _require(names, columns, uri)
         for c in columns:
@@ -988,28 +1079,43 @@ def _read_parquet(uri: str, columns: tuple[str, ...], text_column: str | None = 
         for c in columns:
             t = schema.field(c).type
             vt = t.value_type if pa.types.is_dictionary(t) else t
-            ok = (_is_str_type(vt) or pa.types.is_null(vt)) if c == text_column else \
-                (pa.types.is_integer(vt) or _is_str_type(vt))
+            ok = (
+                (_is_str_type(vt) or pa.types.is_null(vt))
+                if c == text_column
+                else (pa.types.is_integer(vt) or _is_str_type(vt))
+            )
             if not ok:
-                want = "a string column" if c == text_column else \
-                    "string or integer ids (floats, booleans, binary and nested values have no exact id)"
+                want = (
+                    "a string column"
+                    if c == text_column
+                    else "string or integer ids (floats, booleans, binary and nested values have no exact id)"
+                )
                 raise InputError(f"{uri}: column '{c}' has type {t}; expected {want}")
         size = len(data)
         if md.num_rows > PARQUET_ROWS_PER_BYTE * size + 100_000:
-            raise InputError(f"{uri}: declares {md.num_rows} rows in {size} bytes; expected at most "
-                             f"{PARQUET_ROWS_PER_BYTE} rows per byte of file (+100000)")
-        declared = sum(rg.column(j).total_uncompressed_size
-                       for rg in (md.row_group(i) for i in range(md.num_row_groups))
-                       for j in range(rg.num_columns) if rg.column(j).path_in_schema in columns)
+            raise InputError(
+                f"{uri}: declares {md.num_rows} rows in {size} bytes; expected at most "
+                f"{PARQUET_ROWS_PER_BYTE} rows per byte of file (+100000)"
+            )
+        declared = sum(
+            rg.column(j).total_uncompressed_size
+            for rg in (md.row_group(i) for i in range(md.num_row_groups))
+            for j in range(rg.num_columns)
+            if rg.column(j).path_in_schema in columns
+        )
         if declared > PARQUET_EXPANSION * size + (1 << 20):
-            raise InputError(f"{uri}: declares {declared} uncompressed bytes for {list(columns)} in a file of {size} "
-                             f"bytes; expected at most {PARQUET_EXPANSION} per byte of file (+1 MiB)")
+            raise InputError(
+                f"{uri}: declares {declared} uncompressed bytes for {list(columns)} in a file of {size} "
+                f"bytes; expected at most {PARQUET_EXPANSION} per byte of file (+1 MiB)"
+            )
         strings = [c for c in columns if _is_str_type(schema.field(c).type)]
         pf = pq.ParquetFile(pa.BufferReader(data), read_dictionary=strings)
         table = pf.read(columns=list(columns), use_threads=False)
         if table.num_rows != md.num_rows:
-            raise InputError(f"{uri}: holds {table.num_rows} rows but its footer declares {md.num_rows}; expected a "
-                             f"consistent Parquet file")
+            raise InputError(
+                f"{uri}: holds {table.num_rows} rows but its footer declares {md.num_rows}; expected a "
+                f"consistent Parquet file"
+            )
         if text_column is not None:
             _check_text_size(table.column(text_column), size, uri)
         return table
@@ -1038,8 +1144,10 @@ def _check_text_size(col: pa.ChunkedArray, size: int, uri: str) -> None:
                 raise InputError(f"{uri} row {row0 + bad}: 'text' is not valid UTF-8; expected UTF-8 text")
         row0 += len(chunk)
     if total > PARQUET_EXPANSION * size + (1 << 20):
-        raise InputError(f"{uri}: 'text' decodes to {total} bytes from a file of {size} bytes; expected at most "
-                         f"{PARQUET_EXPANSION} per byte of file (+1 MiB)")
+        raise InputError(
+            f"{uri}: 'text' decodes to {total} bytes from a file of {size} bytes; expected at most "
+            f"{PARQUET_EXPANSION} per byte of file (+1 MiB)"
+        )
 
 
 def _edges_from_parquet(uri: str) -> RawEdges:
@@ -1069,6 +1177,7 @@ def read_parquet_edges(source: str) -> RawDataset:
 
 # ---------------------------------------------------------------- csv + jsonl
 
+
 def _find(source: str, candidates: tuple[str, ...], what: str) -> str:
     for name in candidates:
         uri = storage.join(source, name)
@@ -1077,9 +1186,11 @@ def _find(source: str, candidates: tuple[str, ...], what: str) -> str:
     raise InputError(f"{source}: no {what} file; expected one of {list(candidates)}")
 
 
-CSV_NAMES = {"train": ("train.csv", "trn.csv", "total_trn.csv"),
-             "val": ("val.csv", "total_val.csv"),
-             "test": ("test.csv", "tst.csv", "total_tst.csv")}
+CSV_NAMES = {
+    "train": ("train.csv", "trn.csv", "total_trn.csv"),
+    "val": ("val.csv", "total_val.csv"),
+    "test": ("test.csv", "tst.csv", "total_tst.csv"),
+}
 
 
 def read_csv_jsonl(source: str) -> RawDataset:

@@ -56,24 +56,36 @@ INTENTS: list[tuple[str, tuple[str, ...]]] = [
     ("gluten free", ("gluten-free bread", "a dedicated gluten-free fryer", "celiac-safe pasta")),
     ("scenic views", ("a view over the river", "a rooftop skyline view", "windows onto the mountains")),
     ("local history", ("a building from 1890", "photos of the old town on the walls", "a family business of four generations")),
-]
+]  # fmt: skip
 
 NOISE = (
-    "Parking was easy to find.", "Prices are about average for the area.", "The restrooms were clean.",
-    "We came on a Tuesday.", "Service was a bit slow but friendly.", "It was busier than expected.",
-    "The decor is simple.", "I would come back.", "My friend recommended it.", "The menu changes often.",
-    "We waited about ten minutes.", "It is close to the station.", "The music was a little loud.",
-    "Staff were polite.", "Card payments only.", "It has been open for a few years.",
+    "Parking was easy to find.",
+    "Prices are about average for the area.",
+    "The restrooms were clean.",
+    "We came on a Tuesday.",
+    "Service was a bit slow but friendly.",
+    "It was busier than expected.",
+    "The decor is simple.",
+    "I would come back.",
+    "My friend recommended it.",
+    "The menu changes often.",
+    "We waited about ten minutes.",
+    "It is close to the station.",
+    "The music was a little loud.",
+    "Staff were polite.",
+    "Card payments only.",
+    "It has been open for a few years.",
 )
 
 TEMPLATES = (
-    "Came here for {cue}, and it delivered.", "They have {cue}.", "Loved {cue}.",
-    "If you want {cue}, this is the place.", "Highlights: {cue}.",
+    "Came here for {cue}, and it delivered.",
+    "They have {cue}.",
+    "Loved {cue}.",
+    "If you want {cue}, this is the place.",
+    "Highlights: {cue}.",
 )
 
-USER_TEMPLATES = (
-    "I usually look for {cue}.", "Big fan of {cue}.", "Always happy to find {cue}.", "Hoping for {cue}.",
-)
+USER_TEMPLATES = ("I usually look for {cue}.", "Big fan of {cue}.", "Always happy to find {cue}.", "Hoping for {cue}.")
 
 NAME_A = ("Copper", "Golden", "Little", "Old", "Blue", "Green", "Corner", "Urban", "Silver", "Red", "Happy", "Lucky")
 NAME_B = ("Kettle", "Spoon", "Lantern", "Table", "House", "Garden", "Market", "Oak", "Harbor", "Bird", "Barrel", "Mill")
@@ -110,7 +122,7 @@ def _sample_sets(rng, n: int, lo: int, hi: int, n_intents: int, weights: np.ndar
         if used + k > len(buf):  # consecutive random() calls continue one stream
             buf = np.concatenate([buf, rng.random(len(buf))])
         used += k
-        return buf[used - k:used]
+        return buf[used - k : used]
 
     out = []
     for s in sizes.tolist():
@@ -139,7 +151,7 @@ def _segment_cdf(members: list[np.ndarray], weight: np.ndarray):
     pos = 0
     for t, m in enumerate(members):
         w = weight[m]
-        cdf[pos:pos + len(m)] = t + np.cumsum(w) / w.sum()
+        cdf[pos : pos + len(m)] = t + np.cumsum(w) / w.sum()
         pos += len(m)
     return flat, cdf
 
@@ -247,21 +259,28 @@ def generate(cfg: SyntheticConfig) -> dict[str, pa.Table]:
     for s, name in enumerate(("train", "val", "test")):
         m = split == s
         o = np.lexsort((ei[m], eu[m]))
-        out[name] = pa.table({"user": pa.array(uid[eu[m][o]], pa.string()),
-                              "item": pa.array(iid[ei[m][o]], pa.string())})
+        out[name] = pa.table(
+            {"user": pa.array(uid[eu[m][o]], pa.string()), "item": pa.array(iid[ei[m][o]], pa.string())}
+        )
 
     texts = [_item_text(rng, i, item_intents[i]) if cfg.with_text else None for i in range(n_i)]
-    out["items"] = pa.table({
-        "item": pa.array(iid, pa.string()), "text": pa.array(texts, pa.string()),
-        "intents": pa.array([[names[t] for t in sorted(ints)] for ints in item_intents], pa.list_(pa.string())),
-    })
+    out["items"] = pa.table(
+        {
+            "item": pa.array(iid, pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "intents": pa.array([[names[t] for t in sorted(ints)] for ints in item_intents], pa.list_(pa.string())),
+        }
+    )
     # Own stream: switching user text on leaves every other output byte-identical.
     urng = np.random.default_rng([cfg.seed, 1])
     user_texts = [_user_text(urng, user_intents[u]) if cfg.user_text else None for u in range(n_u)]
-    out["users"] = pa.table({
-        "user": pa.array(uid, pa.string()), "text": pa.array(user_texts, pa.string()),
-        "intents": pa.array([[names[t] for t in sorted(ints)] for ints in user_intents], pa.list_(pa.string())),
-    })
+    out["users"] = pa.table(
+        {
+            "user": pa.array(uid, pa.string()),
+            "text": pa.array(user_texts, pa.string()),
+            "intents": pa.array([[names[t] for t in sorted(ints)] for ints in user_intents], pa.list_(pa.string())),
+        }
+    )
     return out
 
 
@@ -271,7 +290,9 @@ def _mentions(rng, intents: np.ndarray, templates: tuple[str, ...], max_noise: i
     for t in intents:
         cues = _cues(int(t))
         sentences.append(templates[rng.integers(len(templates))].format(cue=cues[rng.integers(len(cues))]))
-    return sentences + [NOISE[k] for k in rng.choice(len(NOISE), size=int(rng.integers(1, max_noise + 1)), replace=False)]
+    return sentences + [
+        NOISE[k] for k in rng.choice(len(NOISE), size=int(rng.integers(1, max_noise + 1)), replace=False)
+    ]
 
 
 def _item_text(rng, i: int, intents: np.ndarray) -> str:

@@ -43,8 +43,9 @@ class _IdMap:
     non-negative decimals (ids 0..n-1 map to themselves; compared as (length, digits), so
     exact beyond int64), else in the order of their UTF-8 bytes."""
 
-    def __init__(self, cols: list[IdColumn], declared_n: int | None, side: str, places: list,
-                 declared_by: str | None = None):
+    def __init__(
+        self, cols: list[IdColumn], declared_n: int | None, side: str, places: list, declared_by: str | None = None
+    ):
         self.side = side
         if declared_n is not None:
             if any(c.values is not None for c in cols):
@@ -54,8 +55,10 @@ class _IdMap:
             for col, place in zip(cols, places):
                 bad = np.flatnonzero((col.codes < 0) | (col.codes >= declared_n))
                 if bad.size:
-                    raise InputError(f"{place.where(bad[0])}: {side} id {col.codes[bad[0]]} out of range; "
-                                     f"expected 0 <= id < {declared_n}")
+                    raise InputError(
+                        f"{place.where(bad[0])}: {side} id {col.codes[bad[0]]} out of range; "
+                        f"expected 0 <= id < {declared_n}"
+                    )
             self.n, self.sorted = int(declared_n), None
             return
         values = [c.values for c in cols]
@@ -103,8 +106,9 @@ def _id_text(raw: str) -> str:
     return raw if len(raw) <= 60 else show(raw)
 
 
-def _text_column(text: RawText | None, idmap: _IdMap, side: str, report: dict,
-                 has_edge: np.ndarray) -> list[str | None]:
+def _text_column(
+    text: RawText | None, idmap: _IdMap, side: str, report: dict, has_edge: np.ndarray
+) -> list[str | None]:
     out: list[str | None] = [None] * len(idmap)
     if text is None:
         report[f"{side}_with_text"] = 0
@@ -113,27 +117,32 @@ def _text_column(text: RawText | None, idmap: _IdMap, side: str, report: dict,
     dense = idmap.dense(text.ids)
     first, rep = _first_duplicate(dense)
     if rep.size:
-        raise InputError(f"{text.where(rep[0])}: {side} id {_id_text(text.ids.raw(rep[0]))} already has text at "
-                         f"{text.where(first[0])}; expected one text record per {side}")
+        raise InputError(
+            f"{text.where(rep[0])}: {side} id {_id_text(text.ids.raw(rep[0]))} already has text at "
+            f"{text.where(first[0])}; expected one text record per {side}"
+        )
     # Text for an id no edge file names: a catalogue entry without interactions (kept, counted,
     # sampled with its line). A text file none of whose ids is in the edge lists is keyed
     # differently (e.g. names instead of numbers): that is an error, not a catalogue.
     orphan = np.flatnonzero(~has_edge[dense]) if len(dense) else np.zeros(0, dtype=np.int64)
     if len(dense) and orphan.size == len(dense):
-        raise InputError(f"{text.file}: none of its {len(dense)} {side} ids occurs in an edge file (first: "
-                         f"{text.where(0)}, {side} id {show(text.ids.raw(0))}); expected the ids of the edge "
-                         f"lists, spelled the same (ids are compared as exact strings; a JSON integer 3 is '3')")
+        raise InputError(
+            f"{text.file}: none of its {len(dense)} {side} ids occurs in an edge file (first: "
+            f"{text.where(0)}, {side} id {show(text.ids.raw(0))}); expected the ids of the edge "
+            f"lists, spelled the same (ids are compared as exact strings; a JSON integer 3 is '3')"
+        )
     report[f"{side}s_text_without_edges"] = int(orphan.size)
-    report[f"{side}s_text_without_edges_sample"] = [
-        f"{text.where(k)}: {show(text.ids.raw(k))}" for k in orphan[:5]]
+    report[f"{side}s_text_without_edges_sample"] = [f"{text.where(k)}: {show(text.ids.raw(k))}" for k in orphan[:5]]
     missing_values = 0
     for idx, (d, t) in enumerate(zip(dense, text.texts)):
         if t is None:
             missing_values += 1
             continue
         if not t.strip():
-            raise InputError(f"{text.where(idx)}: {side} id {_id_text(text.ids.raw(idx))} has empty text; "
-                             f"expected non-empty text (omit the record if there is none)")
+            raise InputError(
+                f"{text.where(idx)}: {side} id {_id_text(text.ids.raw(idx))} has empty text; "
+                f"expected non-empty text (omit the record if there is none)"
+            )
         out[d] = t
     report[f"{side}_with_text"] = sum(t is not None for t in out)
     report[f"{side}_text_null_records"] = missing_values
@@ -163,27 +172,33 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
                     f"{part.where(rep[0])}: duplicate edge (user {_id_text(part.users.raw(rep[0]))}, item "
                     f"{_id_text(part.items.raw(rep[0]))}), first seen at {part.where(first[0])}; expected each "
                     f"interaction once per split ({rep.size} repeats in all; set "
-                    f"ingest.on_duplicate=dedupe to drop and count them)")
+                    f"ingest.on_duplicate=dedupe to drop and count them)"
+                )
             keep = np.ones(len(k), dtype=bool)
             keep[rep] = False
             u, i, k = u[keep], i[keep], k[keep]
             row = np.flatnonzero(keep)
         else:
             row = np.arange(len(k))
-        report["splits"][split] = {"file": part.file, "rows": int(len(part.users)),
-                                   "duplicates_dropped": int(rep.size), "edges": int(len(k))}
+        report["splits"][split] = {
+            "file": part.file,
+            "rows": int(len(part.users)),
+            "duplicates_dropped": int(rep.size),
+            "edges": int(len(k)),
+        }
         order = np.argsort(k, kind="stable")
         keys[split], edges[split], rows[split] = k[order], (u[order], i[order]), row[order]
 
     for a_idx, a in enumerate(SPLITS):
-        for b in SPLITS[a_idx + 1:]:
+        for b in SPLITS[a_idx + 1 :]:
             common, ia, ib = np.intersect1d(keys[a], keys[b], return_indices=True)
             if common.size:
                 ua, ib_ = edges[a][0][ia[0]], edges[a][1][ia[0]]
                 raise InputError(
                     f"{raw.splits[a].where(rows[a][ia[0]])} and {raw.splits[b].where(rows[b][ib[0]])}: edge (user "
                     f"{_id_text(umap.raw(ua))}, item {_id_text(imap.raw(ib_))}) is in both '{a}' and '{b}' "
-                    f"({common.size} shared edges in all); expected disjoint splits")
+                    f"({common.size} shared edges in all); expected disjoint splits"
+                )
 
     if len(keys["train"]) == 0:
         raise InputError(f"{raw.splits['train'].file}: no training edges; expected at least one")
@@ -196,13 +211,15 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
         u, i = edges[split]
         cold_u = sorted_unique(u[~train_users[u]])
         cold_i = sorted_unique(i[~train_items[i]])
-        report["splits"][split].update({
-            "users": int(len(sorted_unique(u))),
-            "users_without_train": int(cold_u.size),
-            "users_without_train_sample": [umap.raw(x) for x in cold_u[:5]],
-            "items_without_train": int(cold_i.size),
-            "items_without_train_sample": [imap.raw(x) for x in cold_i[:5]],
-        })
+        report["splits"][split].update(
+            {
+                "users": int(len(sorted_unique(u))),
+                "users_without_train": int(cold_u.size),
+                "users_without_train_sample": [umap.raw(x) for x in cold_u[:5]],
+                "items_without_train": int(cold_i.size),
+                "items_without_train_sample": [imap.raw(x) for x in cold_i[:5]],
+            }
+        )
     user_has_edge = np.zeros(n_users, dtype=bool)
     item_has_edge = np.zeros(n_items, dtype=bool)
     for s in SPLITS:
@@ -218,10 +235,14 @@ def build_canonical(raw: RawDataset, on_duplicate: str = "error") -> Canonical:
     user_texts = _text_column(raw.user_text, umap, "user", report, user_has_edge)
 
     tables = {
-        "users": pa.table([pa.array(np.arange(n_users, dtype=np.int64)), umap.raw_strings(),
-                           pa.array(user_texts, pa.string())], schema=entity_schema("user_id")),
-        "items": pa.table([pa.array(np.arange(n_items, dtype=np.int64)), imap.raw_strings(),
-                           pa.array(item_texts, pa.string())], schema=entity_schema("item_id")),
+        "users": pa.table(
+            [pa.array(np.arange(n_users, dtype=np.int64)), umap.raw_strings(), pa.array(user_texts, pa.string())],
+            schema=entity_schema("user_id"),
+        ),
+        "items": pa.table(
+            [pa.array(np.arange(n_items, dtype=np.int64)), imap.raw_strings(), pa.array(item_texts, pa.string())],
+            schema=entity_schema("item_id"),
+        ),
     }
     for split in SPLITS:
         u, i = edges[split]
@@ -235,5 +256,6 @@ def check_vectors(ids: np.ndarray, vectors: np.ndarray, dim: int, source: str) -
         raise InputError(f"{source}: vectors have shape {vectors.shape}; expected (n, {dim})")
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if bad.size:
-        raise InputError(f"{source}: id {ids[bad[0]]} has a NaN/Inf vector ({bad.size} such rows); "
-                         f"expected finite values")
+        raise InputError(
+            f"{source}: id {ids[bad[0]]} has a NaN/Inf vector ({bad.size} such rows); expected finite values"
+        )

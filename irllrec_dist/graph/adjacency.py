@@ -9,9 +9,8 @@ a mask on the edge values applied to both with one gather.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,10 +32,10 @@ class BipartiteAdjacency:
     def matrices(self, edge_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, Rᵀ) as sparse CSR tensors, with dropped edges zeroed (no rescaling)."""
         vals = self.values if edge_mask is None else self.values * edge_mask
-        r = torch.sparse_csr_tensor(self.crow, self.col, vals, (self.n_users, self.n_items),
-                                    check_invariants=False)
-        rt = torch.sparse_csr_tensor(self.t_crow, self.t_col, vals[self.to_t], (self.n_items, self.n_users),
-                                     check_invariants=False)
+        r = torch.sparse_csr_tensor(self.crow, self.col, vals, (self.n_users, self.n_items), check_invariants=False)
+        rt = torch.sparse_csr_tensor(
+            self.t_crow, self.t_col, vals[self.to_t], (self.n_items, self.n_users), check_invariants=False
+        )
         return r, rt
 
     def neighbors(self, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,8 +65,12 @@ def build_adjacency(edges: np.ndarray, n_users: int, n_items: int) -> BipartiteA
     t_crow = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(np.bincount(i, minlength=n_items), out=t_crow[1:])
     return BipartiteAdjacency(
-        n_users, n_items,
-        torch.from_numpy(crow), torch.from_numpy(i.copy()),
-        torch.from_numpy(t_crow), torch.from_numpy(u[t_order].copy()),
-        torch.from_numpy(t_order.astype(np.int64)), torch.from_numpy(vals.astype(np.float32)),
+        n_users,
+        n_items,
+        torch.from_numpy(crow),
+        torch.from_numpy(i.copy()),
+        torch.from_numpy(t_crow),
+        torch.from_numpy(u[t_order].copy()),
+        torch.from_numpy(t_order.astype(np.int64)),
+        torch.from_numpy(vals.astype(np.float32)),
     )

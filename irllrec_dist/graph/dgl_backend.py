@@ -19,12 +19,12 @@ degrees.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from irllrec_dist.graph import hash_rng
-from irllrec_dist.graph.neighbor_sampler import BipartiteCSR, Block, inverse_sqrt_degree, key_tuple, make_block
+from irllrec_dist.graph.blocks import BipartiteCSR, Block, inverse_sqrt_degree, key_tuple, make_block
 
 
 def dgl_available() -> bool:
@@ -69,6 +69,14 @@ class DGLNeighborSampler:
         for b in dgl_blocks:
             src_ids = b.srcdata[dgl.NID].to(torch.int64)
             es, ed = b.edges()
-            out.append(make_block(src_ids, int(b.num_dst_nodes()), es.to(torch.int64), ed.to(torch.int64),
-                                  self.deg, self._inv_sqrt_deg))
+            out.append(
+                make_block(
+                    src_ids,
+                    int(b.num_dst_nodes()),
+                    es.to(torch.int64),
+                    ed.to(torch.int64),
+                    self.deg,
+                    self._inv_sqrt_deg,
+                )
+            )
         return out

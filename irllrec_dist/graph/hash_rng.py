@@ -43,4 +43,4 @@ def uniform(*keys) -> torch.Tensor:
         h = np.asarray(_GOLDEN)
         for key in keys:
             h = _mix(h ^ _mix(_as_u64(key) + _GOLDEN))
-        return torch.from_numpy(np.asarray((h >> _S11).astype(np.float64) * 2.0 ** -53))  # broadcast shape
+        return torch.from_numpy(np.asarray((h >> _S11).astype(np.float64) * 2.0**-53))  # broadcast shape

@@ -9,8 +9,9 @@ def edge_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     return users.astype(np.int64) * n_items + items.astype(np.int64)
 
 
-def sample_negatives(users: np.ndarray, sorted_train_keys: np.ndarray, n_items: int,
-                     rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
+def sample_negatives(
+    users: np.ndarray, sorted_train_keys: np.ndarray, n_items: int, rng: np.random.Generator, max_rounds: int = 100
+) -> np.ndarray:
     """One item per entry of ``users``, uniform over items the user has not trained on.
 
     Vectorised rejection sampling: redraw only the rejected entries each round.

@@ -4,5 +4,13 @@ from irllrec_dist.llm.backends import Backend, GenerationResult, Sampling, make_
 from irllrec_dist.llm.parser import ParseResult, parse_output
 from irllrec_dist.llm.prompts import PromptTemplate, load_template
 
-__all__ = ["Backend", "GenerationResult", "Sampling", "make_backend", "ParseResult", "parse_output",
-           "PromptTemplate", "load_template"]
+__all__ = [
+    "Backend",
+    "GenerationResult",
+    "Sampling",
+    "make_backend",
+    "ParseResult",
+    "parse_output",
+    "PromptTemplate",
+    "load_template",
+]

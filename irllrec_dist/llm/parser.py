@@ -48,10 +48,6 @@ class ParseResult:
     intents: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
-    @property
-    def usable(self) -> bool:
-        return self.status != FAILED
-
 
 # ----------------------------------------------------------------------------------------------
 # a lenient JSON reader: accepts what small models write, records each deviation
@@ -105,10 +101,9 @@ class _Lenient:
             ch = s[self.pos]
             if ch == "\\" and self.pos + 1 < len(s):
                 nxt = s[self.pos + 1]
-                simple = {"n": "\n", "t": "\t", "r": "\r", "b": "", "f": "", "/": "/", "\\": "\\",
-                          '"': '"', "'": "'"}
-                if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[self.pos + 2:self.pos + 6] or ""):
-                    buf.append(chr(int(s[self.pos + 2:self.pos + 6], 16)))
+                simple = {"n": "\n", "t": "\t", "r": "\r", "b": "", "f": "", "/": "/", "\\": "\\", '"': '"', "'": "'"}
+                if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[self.pos + 2 : self.pos + 6] or ""):
+                    buf.append(chr(int(s[self.pos + 2 : self.pos + 6], 16)))
                     self.pos += 6
                     continue
                 buf.append(simple.get(nxt, nxt))
@@ -133,7 +128,7 @@ class _Lenient:
         start = self.pos
         while self.pos < len(self.s) and self.s[self.pos] not in stop:
             self.pos += 1
-        tok = self.s[start:self.pos].strip()
+        tok = self.s[start : self.pos].strip()
         low = tok.lower()
         if low in ("true", "false"):
             return low == "true"
@@ -152,22 +147,44 @@ class _Lenient:
         self.flag("unquoted key")
         return str(self.bare(stop=":=,}\n"))
 
-    def obj(self, depth: int) -> dict:
-        self.pos += 1
-        out: dict = {}
+    def next_member(self, close: str, unclosed: str) -> bool:
+        """Skip white space and extra commas to the next member of an object or list; False at
+        its end (closed, or cut off)."""
         while True:
             self.ws()
             if self.eof():
-                self.flag("unclosed object")
-                return out
+                self.flag(unclosed)
+                return False
             c = self.s[self.pos]
-            if c == "}":
+            if c == close:
                 self.pos += 1
-                return out
-            if c == ",":
-                self.flag("extra comma")
-                self.pos += 1
-                continue
+                return False
+            if close == "]" and c == "}":  # '[... }' : the list was never closed
+                self.flag("unclosed list")
+                return False
+            if c != ",":
+                return True
+            self.flag("extra comma")
+            self.pos += 1
+
+    def after_member(self, close: str, closers: str) -> None:
+        """The comma after a member (or the end of the object or list)."""
+        self.ws()
+        if self.eof():
+            return
+        c = self.s[self.pos]
+        if c == ",":
+            self.pos += 1
+            self.ws()
+            if not self.eof() and self.s[self.pos] == close:
+                self.flag("trailing comma")
+        elif c not in closers:
+            self.flag("missing comma")
+
+    def obj(self, depth: int) -> dict:
+        self.pos += 1
+        out: dict = {}
+        while self.next_member("}", "unclosed object"):
             k = self.key()
             self.ws()
             if not self.eof() and self.s[self.pos] in ":=":
@@ -182,54 +199,21 @@ class _Lenient:
                 out[k] = None
                 return out
             out[k] = self.value(depth + 1)
-            self.ws()
-            if self.eof():
-                continue
-            c = self.s[self.pos]
-            if c == ",":
-                self.pos += 1
-                self.ws()
-                if not self.eof() and self.s[self.pos] == "}":
-                    self.flag("trailing comma")
-            elif c != "}":
-                self.flag("missing comma")
+            self.after_member("}", "}")
+        return out
 
     def arr(self, depth: int) -> list:
         self.pos += 1
         out: list = []
-        while True:
-            self.ws()
-            if self.eof():
-                self.flag("unclosed list")
-                return out
-            c = self.s[self.pos]
-            if c == "]":
-                self.pos += 1
-                return out
-            if c == "}":  # '[... }' : the list was never closed
-                self.flag("unclosed list")
-                return out
-            if c == ",":
-                self.flag("extra comma")
-                self.pos += 1
-                continue
+        while self.next_member("]", "unclosed list"):
             before = self.unterminated
             v = self.value(depth + 1)
             if self.unterminated > before and isinstance(v, str):
                 self.flag("cut-off last list item dropped")  # the token limit hit mid-item
             else:
                 out.append(v)
-            self.ws()
-            if self.eof():
-                continue
-            c = self.s[self.pos]
-            if c == ",":
-                self.pos += 1
-                self.ws()
-                if not self.eof() and self.s[self.pos] == "]":
-                    self.flag("trailing comma")
-            elif c not in "]}":
-                self.flag("missing comma")
+            self.after_member("]", "]}")
+        return out
 
 
 def lenient_loads(text: str):
@@ -284,10 +268,10 @@ def _best(cands: list[tuple[int, dict, list[str]]]):
 def _lenient_candidates(text: str, pattern: re.Pattern, synth: bool) -> list:
     out = []
     for m in list(pattern.finditer(text))[-_MAX_CANDIDATES:]:
-        if synth and text[:m.start()].rstrip().endswith("{"):
+        if synth and text[: m.start()].rstrip().endswith("{"):
             continue  # already read as an object
         try:
-            obj, flags = lenient_loads(("{" if synth else "") + text[m.start():])
+            obj, flags = lenient_loads(("{" if synth else "") + text[m.start() :])
         except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
@@ -398,8 +382,12 @@ def clean_profile(value, max_chars: int = 600) -> tuple[str, list[str]]:
     if len(text) > max_chars:
         text = _clip_words(text, max_chars)
         reasons.append(f"profile clipped to {max_chars} chars")
-    if text.lower() in ("", "...", "<one or two sentences summarising the item>",
-                        "<one or two sentences describing the user's preferences>"):
+    if text.lower() in (
+        "",
+        "...",
+        "<one or two sentences summarising the item>",
+        "<one or two sentences describing the user's preferences>",
+    ):
         text = ""
     return text, reasons
 
@@ -470,8 +458,9 @@ def clean_intents(value, max_intents: int = 8, max_chars: int = 80) -> tuple[lis
     return out, reasons
 
 
-def parse_output(text: str | None, max_intents: int = 8, max_profile_chars: int = 600,
-                 max_intent_chars: int = 80) -> ParseResult:
+def parse_output(
+    text: str | None, max_intents: int = 8, max_profile_chars: int = 600, max_intent_chars: int = 80
+) -> ParseResult:
     """Read the answer object out of one generation; see the module docstring for the statuses."""
     if text is None or not str(text).strip():
         return ParseResult(FAILED, reasons=["empty output"])
@@ -504,4 +493,4 @@ def reasoning_of(text: str, max_chars: int) -> str:
         return head
     cut = head[:max_chars]
     end = max(cut.rfind(". "), cut.rfind(".\n"))
-    return cut[:end + 1] if end > max_chars // 3 else cut
+    return cut[: end + 1] if end > max_chars // 3 else cut

@@ -109,14 +109,14 @@ def item_messages(tpl: PromptTemplate, text: str, max_chars: int, max_intents: i
     return tpl.messages(text=clip(text, max_chars), max_intents=str(max_intents))
 
 
-def user_messages(tpl: PromptTemplate, item_texts: list[str], max_chars_per_item: int,
-                  max_intents: int) -> list[dict]:
+def user_messages(tpl: PromptTemplate, item_texts: list[str], max_chars_per_item: int, max_intents: int) -> list[dict]:
     listing = "\n".join(f"{k + 1}. {clip(t, max_chars_per_item)}" for k, t in enumerate(item_texts))
     return tpl.messages(items=listing, n_items=str(len(item_texts)), max_intents=str(max_intents))
 
 
-def choose_user_items(train: np.ndarray, item_has_text: np.ndarray, n_users: int, max_items: int,
-                      seed: int) -> dict[int, np.ndarray]:
+def choose_user_items(
+    train: np.ndarray, item_has_text: np.ndarray, n_users: int, max_items: int, seed: int
+) -> dict[int, np.ndarray]:
     """Per user: up to max_items distinct *training* items that have text, seeded draw, item-id order.
 
     ``train`` is the (n, 2) user/item training edge array; val/test edges are

@@ -61,8 +61,9 @@ class MatchHead(nn.Module):
 
 
 class DualTower(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int, layers: int, n_intents: int = 0,
-                 text_dim: int | None = None):
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, layers: int, n_intents: int = 0, text_dim: int | None = None
+    ):
         super().__init__()
         self.layers = layers
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
@@ -92,21 +93,34 @@ class DualTower(nn.Module):
         """Final user and item representations h (what scores use)."""
         return self.final(self.propagate(r, rt))
 
-    def intent_view(self, layer_out, adj: BipartiteAdjacency, side: str, nodes: torch.Tensor,
-                    edge_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def intent_view(
+        self, layer_out, adj: BipartiteAdjacency, side: str, nodes: torch.Tensor, edge_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Interaction intents r_v of ``nodes`` over their full-graph neighbourhoods."""
         row, nbr, vidx = adj.neighbors(side, nodes)
         s_idx, n_idx = (0, 1) if side == "user" else (1, 0)
         edge_w = None if edge_mask is None else edge_mask[vidx]
-        return self.aggregate_intents(side, [layer[s_idx].index_select(0, nodes) for layer in layer_out[:-1]],
-                                      [layer[n_idx] for layer in layer_out[:-1]], nbr, row, edge_w)
+        return self.aggregate_intents(
+            side,
+            [layer[s_idx].index_select(0, nodes) for layer in layer_out[:-1]],
+            [layer[n_idx] for layer in layer_out[:-1]],
+            nbr,
+            row,
+            edge_w,
+        )
 
-    def aggregate_intents(self, side: str, self_layers: list[torch.Tensor], nbr_tables: list[torch.Tensor],
-                          nbr: torch.Tensor, row: torch.Tensor, edge_w: torch.Tensor | None = None) -> torch.Tensor:
+    def aggregate_intents(
+        self,
+        side: str,
+        self_layers: list[torch.Tensor],
+        nbr_tables: list[torch.Tensor],
+        nbr: torch.Tensor,
+        row: torch.Tensor,
+        edge_w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Intent-aware aggregation, mean over layers. ``self_layers[l]``: layer-l rows of the n
         nodes; edge k joins node ``row[k]`` to row ``nbr[k]`` of ``nbr_tables[l]``."""
-        w_self, w_nbr = ((self.user_protos, self.item_protos) if side == "user"
-                         else (self.item_protos, self.user_protos))
+        w_self, w_nbr = (self.user_protos, self.item_protos) if side == "user" else (self.item_protos, self.user_protos)
         n, n_layers, dim = len(self_layers[0]), len(self_layers), self_layers[0].shape[1]
         # Intent views are computed once per distinct neighbour, not once per edge, and all
         # layers go through each op together (rows hold L x d values): a third of the kernel
@@ -150,6 +164,11 @@ def cold_vectors(h: torch.Tensor, text_dir: torch.Tensor, warm: torch.Tensor) ->
 
 def build_model(cfg, n_users: int, n_items: int, text_dim: int | None) -> DualTower:
     """The model a config describes: prototypes only when an intent loss is on, text MLPs only with text."""
-    return DualTower(n_users, n_items, cfg.model.dim, cfg.model.layers,
-                     cfg.model.intents if cfg.loss.uses_intents() else 0,
-                     text_dim if cfg.loss.uses_text() else None)
+    return DualTower(
+        n_users,
+        n_items,
+        cfg.model.dim,
+        cfg.model.layers,
+        cfg.model.intents if cfg.loss.uses_intents() else 0,
+        text_dim if cfg.loss.uses_text() else None,
+    )

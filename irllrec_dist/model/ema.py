@@ -37,10 +37,6 @@ class EMATeacher(nn.Module):
         for t, s in zip(self.module.buffers(), student.buffers(), strict=True):
             t.copy_(s)
 
-    def forward(self, *args, **kwargs):
-        with torch.no_grad():
-            return self.module(*args, **kwargs)
-
     def propagate(self, *args):
         """The teacher's layer outputs (for modules that have ``propagate``), without gradients."""
         with torch.no_grad():

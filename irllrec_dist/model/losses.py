@@ -31,8 +31,9 @@ def perturb(x: torch.Tensor, sigma: float, generator: torch.Generator | None = N
     return x + x * eps
 
 
-def translation_alignment(r: torch.Tensor, z: torch.Tensor, tau: float, sigma: float,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+def translation_alignment(
+    r: torch.Tensor, z: torch.Tensor, tau: float, sigma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """L_TA: the pairwise alignment must also hold between noise-perturbed copies."""
     return info_nce(perturb(r, sigma, generator), perturb(z, sigma, generator), tau)
 
@@ -70,8 +71,9 @@ def hard_negative_indices(sim: torch.Tensor, generator: torch.Generator | None =
     return idx
 
 
-def matching_loss(head, r: torch.Tensor, z: torch.Tensor, sim: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def matching_loss(
+    head, r: torch.Tensor, z: torch.Tensor, sim: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Binary interaction-text matching: (r_k, z_k) match; (r_k, z_j) and (r_j', z_k) with
     hard negatives j, j' drawn by similarity do not. Cross-entropy over the 3n pairs."""
     neg_z = hard_negative_indices(sim, generator)

@@ -12,17 +12,24 @@ import torch.nn.functional as F
 
 from irllrec_dist.config import LossConfig
 from irllrec_dist.model.dual_tower import DualTower, TextInputs
-from irllrec_dist.model.losses import (bpr_loss, info_nce, l2_reg, matching_loss, soft_target_nce,
-                                       translation_alignment)
+from irllrec_dist.model.losses import bpr_loss, info_nce, l2_reg, matching_loss, soft_target_nce, translation_alignment
 
 
 def _cos_logits(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
 
 
-def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: torch.Tensor,
-               lc: LossConfig, text: TextInputs | None = None, teacher_views=None,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def loss_terms(
+    model: DualTower,
+    views,
+    bu: torch.Tensor,
+    bp: torch.Tensor,
+    bn: torch.Tensor,
+    lc: LossConfig,
+    text: TextInputs | None = None,
+    teacher_views=None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """``views`` / ``teacher_views`` give h_v and r_v of the student / EMA teacher
     (model/views.py: full-graph or sampled-block propagation)."""
     terms = {"bpr": bpr_loss(views.h("user", bu), views.h("item", bp), views.h("item", bn))}
@@ -38,7 +45,7 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
         nodes = torch.unique(batch_nodes)
         nodes = nodes[text.side(side)[2][nodes]]  # only nodes that have text
         if len(nodes) > lc.max_align_nodes:  # bounds the n x n in-batch logits
-            nodes = nodes[torch.randperm(len(nodes), generator=generator)[:lc.max_align_nodes].to(nodes.device)]
+            nodes = nodes[torch.randperm(len(nodes), generator=generator)[: lc.max_align_nodes].to(nodes.device)]
         if len(nodes) < 2:
             continue
         t, z = model.text_views(text, side, nodes)
@@ -52,7 +59,7 @@ def loss_terms(model: DualTower, views, bu: torch.Tensor, bp: torch.Tensor, bn: 
         if lc.ta:
             terms["ta"] = terms.get("ta", 0) + translation_alignment(r, z, lc.tau, lc.ta_noise, generator)
         if lc.itm:
-            keep = torch.randperm(len(nodes), generator=generator)[:lc.itm_max_nodes].to(nodes.device)
+            keep = torch.randperm(len(nodes), generator=generator)[: lc.itm_max_nodes].to(nodes.device)
             sub, r_s, z_s = nodes[keep], r.index_select(0, keep), z.index_select(0, keep)
             with torch.no_grad():
                 r_t = teacher_views.intent(side, sub)
@@ -74,5 +81,6 @@ def warmup_scale(step: int, warmup_steps: int) -> float:
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], lc: LossConfig, intent_scale: float = 1.0) -> torch.Tensor:
-    return sum(getattr(lc, name) * (intent_scale if name in INTENT_TERMS else 1.0) * value
-               for name, value in terms.items())
+    return sum(
+        getattr(lc, name) * (intent_scale if name in INTENT_TERMS else 1.0) * value for name, value in terms.items()
+    )

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from irllrec_dist.graph.adjacency import BipartiteAdjacency
-from irllrec_dist.graph.neighbor_sampler import Block, block_layers
+from irllrec_dist.graph.blocks import Block, block_layers
 from irllrec_dist.model.dual_tower import DualTower
 
 
@@ -42,7 +42,10 @@ def gather_inputs(model: DualTower, src_ids: torch.Tensor, sparse: bool = False)
     pos_u, pos_i = is_user.nonzero().squeeze(1), (~is_user).nonzero().squeeze(1)
     ids_u, ids_i = src_ids.index_select(0, pos_u), src_ids.index_select(0, pos_i) - n_users
     if sparse:
-        rows_u, rows_i = F.embedding(ids_u, model.user_emb, sparse=True), F.embedding(ids_i, model.item_emb, sparse=True)
+        rows_u, rows_i = (
+            F.embedding(ids_u, model.user_emb, sparse=True),
+            F.embedding(ids_i, model.item_emb, sparse=True),
+        )
     else:
         rows_u, rows_i = model.user_emb.index_select(0, ids_u), model.item_emb.index_select(0, ids_i)
     x = torch.zeros(len(src_ids), model.user_emb.shape[1], dtype=model.user_emb.dtype, device=model.user_emb.device)
@@ -57,8 +60,7 @@ class SampledViews:
         self.model, self.blocks, self.seeds = model, blocks, seeds
         self.n_users = model.user_emb.shape[0]
         # deg/n_sampled rescaling: an unbiased estimate of each full-graph layer (exact with full fanouts)
-        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids, sparse),
-                                               unbiased=True)
+        self.h_seeds, self.near = block_layers(blocks, gather_inputs(model, blocks[0].src_ids, sparse), unbiased=True)
 
     def _pos(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         gid = nodes if side == "user" else nodes + self.n_users

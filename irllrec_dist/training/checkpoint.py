@@ -1,0 +1,111 @@
+"""Where a run's resumable state (``TrainState.state_dict``) is saved at every validation and found
+again: Ray Train's checkpoints on a cluster, the run folder in one process."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Protocol
+
+import torch
+
+from irllrec_dist import storage
+from irllrec_dist.artifacts import input_hashes, run_uri
+from irllrec_dist.cli import CheckpointError
+from irllrec_dist.config import Config, config_differences
+
+
+class Checkpointer(Protocol):
+    def load(self) -> dict | None:
+        """The latest saved state, or None to start from scratch."""
+
+    def save(self, state: dict | None, metrics: dict) -> None:
+        """Collective: every rank calls it at every validation; only rank 0 passes a state."""
+
+
+class RayCheckpoints:
+    """Resumable training state through ``ray.train.Checkpoint`` (Ray Train's storage, which keeps
+    the latest ``CheckpointConfig.num_to_keep``)."""
+
+    FILE = "state.pt"
+
+    def load(self) -> dict | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(os.path.join(d, self.FILE), map_location="cpu", weights_only=True)
+
+    def save(self, state: dict | None, metrics: dict) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if state is not None:
+                torch.save(state, os.path.join(d, self.FILE))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+class StorageCheckpoints:
+    """Resumable state of an in-process run in its folder (``<run>/checkpoints/state.pt``), written
+    atomically at every validation. A run started again with the same config goes on from the last
+    one, bit for bit as if never stopped; another config is refused rather than mixed in. The file
+    goes (``clear``) once metrics.json is written, so a finished run started again trains from scratch."""
+
+    # What only changes how fast, how long or where a run goes may differ on resume (a run cut on
+    # a GPU goes on on a CPU). Threads, compile and the device change float rounding: bit for bit
+    # holds only when they stay the same.
+    RUNTIME_KEYS = frozenset(
+        {
+            "train.threads",
+            "train.max_epochs",
+            "train.compile",
+            "train.gpus_per_worker",
+            "train.ray_storage",
+            "eval.export_top_k",
+        }
+    )
+
+    def __init__(self, cfg: Config, inputs: dict | None = None):
+        self.uri = run_uri(cfg, "checkpoints", "state.pt")
+        self.config = cfg.to_dict()
+        self.inputs = inputs if inputs is not None else input_hashes(cfg)
+
+    def load(self) -> dict | None:
+        if not storage.exists(self.uri):
+            return None
+        refuse = f"{self.uri}: %s; start over with train.resume=false"
+        try:
+            state = torch.load(io.BytesIO(storage.read_bytes(self.uri)), map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+            raise CheckpointError(
+                refuse % f"not a readable training state ({type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0]})"
+            ) from e
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise CheckpointError(refuse % "not a training state written by train")
+        # A key the saving code did not have yet ran at its default (e.g. loss.warmup_epochs = 0).
+        differ = [k for k, _, _ in config_differences(state["config"], self.config, self.RUNTIME_KEYS.__contains__)]
+        if differ:
+            raise CheckpointError(
+                refuse % f"saved by a run with other settings ({', '.join(differ)}); "
+                "start it with those settings to resume"
+            )
+        if state.get("inputs") != self.inputs:
+            raise CheckpointError(
+                refuse % f"saved on other inputs ({state.get('inputs')} then, {self.inputs} now: "
+                "re-ingested or re-embedded since)"
+            )
+        return state
+
+    def save(self, state: dict | None, metrics: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({**state, "config": self.config, "inputs": self.inputs}, buf)
+        storage.write_bytes(self.uri, buf.getvalue())
+
+    def clear(self) -> None:
+        storage.remove(self.uri)
