@@ -292,6 +292,9 @@ class TrainConfig:
     # validation and, started again with the same config, go on from there: a row of hours on a
     # CPU survives a killed process or a machine handed back. false: start over, save nothing.
     resume: bool = True
+    # Score the best checkpoint on the test split at the end (metrics.json's "test"). The tune
+    # stage's trials set false: a search judged on validation never loads the test split.
+    test: bool = True
 
     def validate(self) -> None:
         check_path_component("train.run_name", self.run_name, "names the folder runs/<run_name> under the run root")
@@ -336,6 +339,37 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """The search over the text losses' weights, judged on validation only (``tune.*``).
+
+    Trials train on the training split, are judged on validation Recall@monitor_k only, and are
+    stopped early (ASHA); LightGCN (every text weight 0) and the preset's own weights are always
+    among them."""
+
+    name: str = "tune"  # the search's folder, tune/<name> under the run root; trial runs are runs/<name>-<n>
+    trials: int = 6  # sampled settings, besides LightGCN and the preset's own weights (which always run)
+    prf: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02)  # the choices of loss.prf
+    ia: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02)  # the choices of loss.ia (0 only without model.intents)
+    ta: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02)  # the choices of loss.ta (0 only without model.intents)
+    itm: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02)  # the choices of loss.itm (0 only without model.intents)
+    warmup_epochs: tuple[float, ...] = (0.0, 20.0)  # the choices of loss.warmup_epochs
+    grace_epochs: int = 30  # ASHA: no trial is stopped for being behind before this many epochs
+    reduction_factor: int = 3  # ASHA: at each rung only the best 1/reduction_factor of trials go on
+    concurrent: int = 0  # trials at once; 0 = as many as the Ray cluster's CPUs hold (train.threads each)
+    time_budget_s: float = 0.0  # end the search after this many seconds (0: when every trial is done)
+    seed: int = 0  # seeds the sampling of settings (trials themselves train with train.seed)
+
+    def validate(self) -> None:
+        check_path_component("tune.name", self.name, "names the folder tune/<name> under the run root")
+        _check(self.trials >= 0, "tune.trials must be >= 0")
+        for key in ("prf", "ia", "ta", "itm", "warmup_epochs"):
+            choices = getattr(self, key)
+            _check(len(choices) > 0 and all(c >= 0 for c in choices), f"tune.{key} must be choices >= 0")
+        _check(self.grace_epochs >= 1 and self.reduction_factor >= 2, "tune.grace_epochs >= 1, reduction_factor >= 2")
+        _check(self.concurrent >= 0 and self.time_budget_s >= 0, "tune.concurrent and time_budget_s must be >= 0")
+
+
+@dataclass
 class Config:
     """Everything a stage reads: the run root and one section per stage."""
 
@@ -348,6 +382,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self) -> None:
         _check(bool(self.run_root), "run_root must be set")
@@ -376,6 +411,14 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# What changes how fast, how long or where training runs, or whether it is tested at the end, and
+# not what it learns: a resumed run (training/checkpoint.py) and an evaluation (scoring.py) may
+# differ from the saved config in these.
+RUNTIME_KEYS = frozenset(
+    {"train.threads", "train.test", "train.max_epochs", "train.compile", "train.gpus_per_worker", "train.ray_storage"}
+)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -604,6 +647,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "embed": ("run_root", "embed"),
     "train": ("run_root", "model", "loss", "train", "eval"),
     "evaluate": ("run_root", "model", "loss", "train", "eval"),
+    "tune": ("run_root", "model", "loss", "train", "eval", "tune"),
     "pipeline": ("run_root", "synthetic", "ingest", "intents", "embed", "model", "loss", "train", "eval"),
 }
 

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "intents": ("irllrec_dist.intents", "an LLM writes a profile and intents for items and users"),
     "embed": ("irllrec_dist.embed", "text -> sentence vectors for the text tower"),
     "train": ("irllrec_dist.train", "train a run (LightGCN, RLMRec-Con, IRLLRec), then test its best checkpoint"),
+    "tune": (
+        "irllrec_dist.tune",
+        "choose the text losses' weights on validation (Ray Tune; LightGCN always a candidate)",
+    ),
     "evaluate": ("irllrec_dist.evaluate", "full-ranking metrics of a trained run and its top-K export"),
     "pipeline": ("irllrec_dist.pipeline", "[synthetic data] -> ingest -> [intents] -> [embed] -> train -> evaluate"),
     "report": ("irllrec_dist.report", "the runs under a run root as a results table, and --plot pictures"),

@@ -71,6 +71,26 @@ def run_config_storage(cfg: Config) -> dict[str, Any]:
     return {"storage_path": uri}
 
 
+def tune_storage(cfg: Config, uri: str) -> dict[str, Any]:
+    """``RunConfig`` keyword arguments for a Ray Tune search kept at ``uri`` (under the run root),
+    where its trials' checkpoints and results live. Call it after ``ray.init``. A node-local
+    path is refused on a cluster of more than one node (trials elsewhere could not write there)."""
+    import ray
+
+    if is_node_local(uri):
+        if sum(1 for n in ray.nodes() if n.get("Alive")) > 1:
+            raise ConfigError(
+                f"run_root: the tune stage keeps its search under {uri!r}, a path each node of this "
+                "multi-node cluster has its own copy of; use an s3:// run_root"
+            )
+        return {"storage_path": os.path.abspath(uri)}
+    if uri.startswith("s3://"):
+        return {"storage_path": uri[len("s3://") :].rstrip("/"), "storage_filesystem": s3_filesystem()}
+    if uri.startswith("file://"):
+        return {"storage_path": uri[len("file://") :]}
+    return {"storage_path": uri}
+
+
 def run_nodes(workers: int, resources: dict[str, float], timeout_s: float = 30.0) -> set[str] | None:
     """The ids of the nodes this run would use: the driver's, and those a placement group of
     the workers' bundles (Ray Train's own request: ``PACK``) lands on now. None when the

@@ -20,7 +20,7 @@ import torch
 from irllrec_dist import storage
 from irllrec_dist.artifacts import input_hashes, load_text_inputs, run_uri
 from irllrec_dist.cli import CheckpointError
-from irllrec_dist.config import Config, config_differences
+from irllrec_dist.config import RUNTIME_KEYS, Config, config_differences
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.graph.adjacency import build_adjacency
 from irllrec_dist.metrics import evaluate_ranking, evaluate_ranking_sharded, top_k
@@ -127,22 +127,15 @@ class Scorer:
 # StorageCheckpoints); the label model.name; and the upstream stages' settings, whose effect is
 # compared through the dataset / embedding hashes instead. Every other key (model shape, loss
 # terms, seed, lr, sampling, ...) decides what was trained and must be equal.
-FREE_SECTIONS = ("eval", "ingest", "synthetic", "intents", "embed")
-FREE_KEYS = frozenset(
-    {
-        "run_root",
-        "model.name",
-        "train.threads",
-        "train.max_epochs",
-        "train.compile",
-        "train.gpus_per_worker",
-        "train.ray_storage",
-        "train.workers",
-        "train.cpus_per_worker",
-        "train.max_failures",
-        "train.resume",
-    }
-)
+FREE_SECTIONS = ("eval", "ingest", "synthetic", "intents", "embed", "tune")
+FREE_KEYS = RUNTIME_KEYS | {
+    "run_root",
+    "model.name",
+    "train.workers",
+    "train.cpus_per_worker",
+    "train.max_failures",
+    "train.resume",
+}
 INPUT_NAMES = {
     "dataset": "dataset config hash",
     "users": "user embeddings config hash",

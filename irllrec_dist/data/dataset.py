@@ -43,7 +43,7 @@ class Dataset:
     n_items: int
     train: np.ndarray  # (n, 2) int64 user, item
     val: np.ndarray
-    test: np.ndarray
+    test: np.ndarray | None  # None when loaded without it (load(..., with_test=False))
     user_raw: list[str]
     item_raw: list[str]
     user_text: list[str | None]
@@ -73,7 +73,9 @@ def is_committed(run_root: str, chash: str | None = None) -> bool:
     )
 
 
-def load(run_root: str) -> Dataset:
+def load(run_root: str, with_test: bool = True) -> Dataset:
+    """The committed dataset, every table verified as it is read. ``with_test=False`` (a search
+    judged on validation) leaves the test split unread: ``Dataset.test`` is None."""
     base = dataset_uri(run_root)
     group = storage.read_group(base)
     if group is None:
@@ -83,7 +85,7 @@ def load(run_root: str) -> Dataset:
     missing = [t for t in TABLES if t not in group["tables"]]
     if missing:
         raise storage.CorruptOutput(f"{storage.join(base, storage.GROUP_MANIFEST)}: no table(s) {missing}")
-    tables = {t: storage.read_table(storage.join(base, t)) for t in group["tables"]}
+    tables = {t: storage.read_table(storage.join(base, t)) for t in group["tables"] if with_test or t != "test"}
 
     def edges(name: str) -> np.ndarray:
         t = tables[name]
@@ -95,7 +97,7 @@ def load(run_root: str) -> Dataset:
         n_items=items.num_rows,
         train=edges("train"),
         val=edges("val"),
-        test=edges("test"),
+        test=edges("test") if with_test else None,
         user_raw=users.column("raw_id").to_pylist(),
         item_raw=items.column("raw_id").to_pylist(),
         user_text=users.column("text").to_pylist(),

@@ -3,6 +3,7 @@ again: Ray Train's checkpoints on a cluster, the run folder in one process."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import tempfile
@@ -13,7 +14,7 @@ import torch
 from irllrec_dist import storage
 from irllrec_dist.artifacts import input_hashes, run_uri
 from irllrec_dist.cli import CheckpointError
-from irllrec_dist.config import Config, config_differences
+from irllrec_dist.config import RUNTIME_KEYS, Config, config_differences
 
 
 class Checkpointer(Protocol):
@@ -25,29 +26,35 @@ class Checkpointer(Protocol):
 
 
 class RayCheckpoints:
-    """Resumable training state through ``ray.train.Checkpoint`` (Ray Train's storage, which keeps
-    the latest ``CheckpointConfig.num_to_keep``)."""
+    """Resumable training state through the session of the Ray library the loop runs under: Ray
+    Train's (``ray.train``: its storage keeps the latest ``CheckpointConfig.num_to_keep``) or, in a
+    trial of the tune stage, Ray Tune's (``ray.tune``: its scheduler reads the reported metrics)."""
 
     FILE = "state.pt"
 
-    def load(self) -> dict | None:
-        import ray.train
+    def __init__(self, session: str = "train"):
+        if session not in ("train", "tune"):
+            raise ValueError(f"session must be train or tune, got {session!r}")
+        self.session = session
 
-        ckpt = ray.train.get_checkpoint()
+    def _api(self):
+        return importlib.import_module(f"ray.{self.session}")
+
+    def load(self) -> dict | None:
+        ckpt = self._api().get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
             return torch.load(os.path.join(d, self.FILE), map_location="cpu", weights_only=True)
 
     def save(self, state: dict | None, metrics: dict) -> None:
-        import ray.train
-
+        api = self._api()
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if state is not None:
                 torch.save(state, os.path.join(d, self.FILE))
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)
+                ckpt = api.Checkpoint.from_directory(d)
+            api.report(metrics, checkpoint=ckpt)
 
 
 class StorageCheckpoints:
@@ -59,16 +66,12 @@ class StorageCheckpoints:
     # What only changes how fast, how long or where a run goes may differ on resume (a run cut on
     # a GPU goes on on a CPU). Threads, compile and the device change float rounding: bit for bit
     # holds only when they stay the same.
-    RUNTIME_KEYS = frozenset(
-        {
-            "train.threads",
-            "train.max_epochs",
-            "train.compile",
-            "train.gpus_per_worker",
-            "train.ray_storage",
-            "eval.export_top_k",
-        }
-    )
+    RUNTIME_KEYS = RUNTIME_KEYS | {"eval.export_top_k"}
+
+    @classmethod
+    def free(cls, key: str) -> bool:
+        """May differ on resume: the runtime keys, and the tune section (the search, not the run)."""
+        return key in cls.RUNTIME_KEYS or key.startswith("tune.")
 
     def __init__(self, cfg: Config, inputs: dict | None = None):
         self.uri = run_uri(cfg, "checkpoints", "state.pt")
@@ -89,7 +92,7 @@ class StorageCheckpoints:
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
             raise CheckpointError(refuse % "not a training state written by train")
         # A key the saving code did not have yet ran at its default (e.g. loss.warmup_epochs = 0).
-        differ = [k for k, _, _ in config_differences(state["config"], self.config, self.RUNTIME_KEYS.__contains__)]
+        differ = [k for k, _, _ in config_differences(state["config"], self.config, self.free)]
         if differ:
             raise CheckpointError(
                 refuse % f"saved by a run with other settings ({', '.join(differ)}); "

@@ -36,7 +36,7 @@ class TrainingGraph:
 
 
 def build_graph(cfg: Config) -> TrainingGraph:
-    data = ds.load(cfg.run_root)
+    data = ds.load(cfg.run_root, with_test=cfg.train.test)  # a search never reads the test split
     csr = build_csr(data.train, data.n_users, data.n_items) if cfg.train.fanout_list() else None
     return TrainingGraph(data, build_adjacency(data.train, data.n_users, data.n_items), csr)
 

@@ -130,9 +130,11 @@ class MetricsSink:
         self.bar.close()
 
     def final(self, summary: dict) -> None:
-        """The test metrics and the run's hyperparameters, then the event files are closed."""
+        """The test metrics (the best validation ones with ``train.test: false``) and the run's
+        hyperparameters, then the event files are closed."""
         cfg, tc = self.trainer.cfg, self.trainer.cfg.train
-        self.tb.scalars(summary["best_epoch"], summary["test"], "test/")
+        split = "test" if "test" in summary else "val"
+        self.tb.scalars(summary["best_epoch"], summary[split], f"{split}/")
         self.tb.hparams(
             {
                 "model": cfg.model.name,
@@ -145,6 +147,6 @@ class MetricsSink:
                 "seed": tc.seed,
                 **{f"loss.{k}": v for k, v in vars(cfg.loss).items()},
             },
-            {k: v for k, v in summary["test"].items() if "@" in k},
+            {f"{split}/{k}" if split == "val" else k: v for k, v in summary[split].items() if "@" in k},
         )
         self.tb.close()

@@ -73,10 +73,20 @@ def save_best(state: TrainState, inputs: dict) -> None:
 
 
 def summarise(state: TrainState, replicas_identical: bool) -> dict:
-    """Score the best checkpoint on test (with the top-K export) and write ``metrics.json``."""
+    """Score the best checkpoint on test (with the top-K export; not with ``train.test: false``)
+    and write ``metrics.json``."""
     t, v, history = state.trainer, state.validator, state.history
     cfg, tc = t.cfg, t.cfg.train
-    test = scoring.evaluate_run(cfg, "test")
+    test = scoring.evaluate_run(cfg, "test") if tc.test else None
+    tested = (
+        {}
+        if test is None
+        else {
+            "test": {k: x for k, x in test.items() if "@" in k or k == "users"},
+            "test_by_degree": test["by_degree"],
+            **{name: test[name] for name in COLD_TABLES if name in test},
+        }
+    )
     summary = {
         "run_name": tc.run_name,
         "seed": tc.seed,
@@ -92,19 +102,17 @@ def summarise(state: TrainState, replicas_identical: bool) -> dict:
         "table_rows_bytes_per_step": history[-1]["table_rows_bytes_per_step"],
         "dense_tables_bytes_per_step": dense_allreduce_bytes(t.step.tables),
         "val": {k: x for k, x in v.best.items() if "@" in k},
-        "test": {k: x for k, x in test.items() if "@" in k or k == "users"},
-        "test_by_degree": test["by_degree"],
-        **{name: test[name] for name in COLD_TABLES if name in test},
+        **tested,
         "history": history,
     }
     storage.write_json(run_uri(cfg, "metrics.json"), summary)
+    tested_line = f"test {v.monitor} {test.get(v.monitor, float('nan')):.4f}" if test else "test split not read"
     log.info(
-        "done: best epoch %d (val %s %.4f), test %s %.4f, %d epochs in %.0fs -> %s",
+        "done: best epoch %d (val %s %.4f), %s, %d epochs in %.0fs -> %s",
         v.best["epoch"],
         v.monitor,
         v.best[v.monitor],
-        v.monitor,
-        test.get(v.monitor, float("nan")),
+        tested_line,
         len(history),
         summary["wall_s"],
         run_uri(cfg, "metrics.json"),
