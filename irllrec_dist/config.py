@@ -521,10 +521,19 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _read_text(path: str) -> str:
+    """A preset file on local disk, or under a storage URI (``s3://…/tune/tune/tuned.yaml``)."""
+    if "://" in path:
+        from irllrec_dist import storage
+
+        return storage.read_bytes(path).decode("utf-8")
+    with open(path) as f:
+        return f.read()
+
+
 def _read_preset(path: str) -> dict:
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = yaml.safe_load(_read_text(path)) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
     except UnicodeDecodeError as e:

@@ -180,9 +180,8 @@ def run(cfg: Config) -> dict:
     threads = cfg.train.threads or 1
     concurrent = cfg.tune.concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
     log.info(
-        "tune: %d candidates (LightGCN, the preset, %d drawn), %d at once, %d thread(s) each -> %s",
+        "tune: %d candidates (LightGCN first), %d at once, %d thread(s) each -> %s",
         len(points),
-        len(points) - 1 - (len(points) > 1 and points[1] != points[0]),
         concurrent,
         threads,
         tune_uri(cfg),

@@ -55,7 +55,7 @@ K8S_VERSION = "1.32"  # the Kubernetes API version the built-in kinds are checke
 NAMESPACE = "irllrec"
 SECRET_NAME = "irllrec-s3"
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-STAGE_ORDER = ("ingest", "intents", "embed", "train")
+STAGE_ORDER = ("ingest", "intents", "embed", "tune", "train")
 
 # Stage modules the design fixes by name (design.md sections 1 and 6: ingest, intents,
 # embed, train) that are not written yet. Manifests may name them; nothing else may be
@@ -788,6 +788,19 @@ def test_cluster_trains_irllrec_with_ray_storage_on_s3(folder):
     cpu = _groups(job)["cpu"]
     assert 1 <= cfg.train.workers == cpu["replicas"], (cfg.train.workers, cpu["replicas"])
     assert cfg.train.cpus_per_worker <= float(_limits(cpu)["cpu"])
+
+
+@pytest.mark.parametrize("folder", ("base", "overlays/small", "overlays/large"))
+def test_tune_job_searches_on_s3_with_trials_on_the_workers(folder):
+    """tune: the search (trial checkpoints, results, tuned.yaml) under the s3:// run root that every
+    pod reaches; trials of train.threads CPUs each fit a worker pod; the head runs no trial."""
+    docs = render(folder)
+    cfg = resolved_config(docs, "tune")
+    assert cfg.run_root.startswith("s3://"), cfg.run_root
+    job = _job(docs, "tune")
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0"
+    cpu = _groups(job)["cpu"]
+    assert 1 <= cfg.train.threads <= float(_limits(cpu)["cpu"]) and cpu["replicas"] >= 1
 
 
 @pytest.mark.parametrize("folder", ("base", "overlays/small", "overlays/large"))

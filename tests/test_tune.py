@@ -91,7 +91,7 @@ def test_tune_end_to_end_two_trials_never_reads_the_test_split(tmp_path, capsys)
             assert "test" not in storage.read_json(str(metrics))
 
     tuned = root / "tune" / "t" / "tuned.yaml"
-    cfg_tuned = load_config([str(preset), str(tuned)])
+    cfg_tuned = load_config([str(preset), tuned.as_uri()])  # a preset under a storage URI, as on S3
     assert {k: getattr(cfg_tuned.loss, k) for k in LIGHTGCN} == {k: chosen[k] for k in LIGHTGCN}
 
     # Started again, the same search is resumed, not redone: the trials and the choice stay.
