@@ -20,7 +20,7 @@ if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.dirname(os.path.
 
 
 def rss_mib():
-    # Own reader (this interpreter cannot import irllrec_dist.bench.report.rss): (current, peak) RSS in MiB.
+    # Own reader (this interpreter cannot import irllrec_dist.memory.rss): (current, peak) RSS in MiB.
     status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
     return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 

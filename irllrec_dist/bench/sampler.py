@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from irllrec_dist.bench.graphs import SIZES, load_graph
-from irllrec_dist.bench.report import print_table, rss, save_report
+from irllrec_dist.bench.report import print_table, save_report
+from irllrec_dist.memory import rss
 
 DGL_ENV_PACKAGES = [
     "torch==2.2.1",

@@ -7,7 +7,8 @@ import dataclasses
 import pathlib
 import time
 
-from irllrec_dist.bench.report import print_table, rss, save_report
+from irllrec_dist.bench.report import print_table, save_report
+from irllrec_dist.memory import rss
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 

@@ -10,7 +10,8 @@ import tempfile
 import time
 
 from irllrec_dist.bench.graphs import SIZES, load_graph, training_graph
-from irllrec_dist.bench.report import print_table, rss, save_report
+from irllrec_dist.bench.report import print_table, save_report
+from irllrec_dist.memory import rss
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

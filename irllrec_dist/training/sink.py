@@ -4,12 +4,12 @@ validation (also into ``train.log``), and the progress bars (epochs, and batches
 from __future__ import annotations
 
 import logging
-import resource
 
 import torch
 from tqdm import tqdm
 
 from irllrec_dist.artifacts import run_uri
+from irllrec_dist.memory import peak_rss_mib
 from irllrec_dist.monitoring import TensorBoardLog
 from irllrec_dist.runfolder import RunLog
 from irllrec_dist.sparse_allreduce import dense_allreduce_bytes
@@ -19,10 +19,6 @@ from irllrec_dist.training.validation import Validator
 log = logging.getLogger("irllrec_dist.train")
 
 NOT_LOSS_TERMS = frozenset({"epoch", "epoch_s", "edges_per_s", "allreduce_bytes_per_step", "table_rows_bytes_per_step"})
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class MetricsSink:

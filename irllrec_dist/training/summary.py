@@ -15,8 +15,8 @@ from irllrec_dist import scoring, storage
 from irllrec_dist.artifacts import run_uri
 from irllrec_dist.cli import NonFiniteLoss
 from irllrec_dist.data.dataset import COLD_TABLES
+from irllrec_dist.memory import peak_rss_mib
 from irllrec_dist.sparse_allreduce import dense_allreduce_bytes
-from irllrec_dist.training.sink import peak_rss_mib
 from irllrec_dist.training.state import TrainState
 
 log = logging.getLogger("irllrec_dist.train")
