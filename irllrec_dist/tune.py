@@ -173,10 +173,22 @@ def run(cfg: Config) -> dict:
     t0 = time.time()
     if "://" not in cfg.run_root:  # trials do not share the driver's working directory
         cfg.run_root = os.path.abspath(cfg.run_root)
+    points = candidates(cfg)
+    # A search folder holds one search: started again with other candidates or another base
+    # config it is refused (before Ray starts), not resumed into a mix of two searches.
+    base = {k: v for k, v in cfg.to_dict().items() if k != "tune"}  # tune.*: the budget, not the search
+    search_key = storage.config_hash({"base": base, "candidates": points})
+    if storage.exists(tune_uri(cfg, "search.json")):
+        if storage.read_json(tune_uri(cfg, "search.json"))["hash"] != search_key:
+            raise ConfigError(
+                f"{tune_uri(cfg)} holds a search with other settings or candidates; "
+                "set tune.name to start another one beside it"
+            )
+    else:
+        storage.write_json(tune_uri(cfg, "search.json"), {"hash": search_key, "candidates": points})
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     monitor = f"val_recall@{cfg.eval.monitor_k}"
-    points = candidates(cfg)
     threads = cfg.train.threads or 1
     concurrent = cfg.tune.concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
     log.info(
@@ -191,18 +203,6 @@ def run(cfg: Config) -> dict:
     # JSON loggers stay: the results below are read from what they write.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg.to_dict(), settings=points), {"cpu": threads})
-    # A search folder holds one search: started again with other candidates or another base
-    # config it is refused, not resumed into a mix of two searches.
-    base = {k: v for k, v in cfg.to_dict().items() if k != "tune"}  # tune.*: the budget, not the search
-    search_key = storage.config_hash({"base": base, "candidates": points})
-    if storage.exists(tune_uri(cfg, "search.json")):
-        if storage.read_json(tune_uri(cfg, "search.json"))["hash"] != search_key:
-            raise ConfigError(
-                f"{tune_uri(cfg)} holds a search with other settings or candidates; "
-                "set tune.name to start another one beside it"
-            )
-    else:
-        storage.write_json(tune_uri(cfg, "search.json"), {"hash": search_key, "candidates": points})
     where = tune_storage(cfg, tune_uri(cfg))
     experiment = storage.join(where["storage_path"], "search")
     if tune.Tuner.can_restore(experiment, storage_filesystem=where.get("storage_filesystem")):
