@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from irllrec_dist import storage
 from irllrec_dist.artifacts import chunk_uri, side_uri
-from irllrec_dist.config import Config, ConfigError, IntentsConfig, load_config
+from irllrec_dist.config import Config, ConfigError, IntentsConfig
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data.readers import InputError
 from irllrec_dist.llm import prompts as P
@@ -94,11 +94,6 @@ SCHEMA = pa.schema(
         ("n_output_tokens", pa.int32()),
     ]
 )
-
-
-def load_configs(paths: str | list[str] | None, overrides: list[str] = ()) -> tuple[Config, IntentsConfig]:
-    cfg = load_config(paths, overrides)
-    return cfg, cfg.intents
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_config
 
 from irllrec_dist import artifacts, ingest, intents, storage
-from irllrec_dist.config import ConfigError, SyntheticConfig
+from irllrec_dist.config import ConfigError, SyntheticConfig, load_config
 from irllrec_dist.data import dataset as ds
 from irllrec_dist.data import synthetic
 from irllrec_dist.llm import prompts as P
@@ -189,7 +189,7 @@ def test_stage_cli_runs_tiny_llama_for_real(small_root, tiny_llama, tmp_path, ca
             assert r["profile"] == (parsed.profile or P.first_sentences(data.item_text[r["id"]], 2))
             assert r["intents"] == parsed.intents
     # a second run finds everything committed and loads no model
-    intents.run(*intents.load_configs(None, args), backend=ExplodingBackend())
+    intents.run(load_config(None, args), backend=ExplodingBackend())
 
 
 def test_ray_actors_give_what_one_process_gives(small_root, tiny_llama, tmp_path):
@@ -214,10 +214,10 @@ def test_ray_actors_give_what_one_process_gives(small_root, tiny_llama, tmp_path
     for mode in ("process", "actors"):
         roots[mode] = tmp_path / mode
         shutil.copytree(small_root, roots[mode])
-    intents.run(*intents.load_configs(None, [f"run_root={roots['process']}", *args]))
+    intents.run(load_config(None, [f"run_root={roots['process']}", *args]))
     ray.init(num_cpus=2, address="local", include_dashboard=False)
     try:
-        intents.run(*intents.load_configs(None, [f"run_root={roots['actors']}", *args, "intents.actors=2"]))
+        intents.run(load_config(None, [f"run_root={roots['actors']}", *args, "intents.actors=2"]))
     finally:
         ray.shutdown()
     for side in ("items", "users"):
@@ -303,7 +303,7 @@ def test_retries_fallback_kill_and_resume(small_root, tmp_path, monkeypatch):
 
 
 def test_config_overrides_and_errors(tmp_path):
-    cfg, ic = intents.load_configs(
+    cfg = load_config(
         None,
         [
             f"run_root={tmp_path}",
@@ -313,14 +313,15 @@ def test_config_overrides_and_errors(tmp_path):
             "intents.sides=[items]",
         ],
     )
+    ic = cfg.intents
     assert cfg.run_root == str(tmp_path)
     assert (ic.batch_size, ic.backend, ic.engine_args, ic.sides) == (4, "vllm", {"max_model_len": 1024}, ("items",))
     with pytest.raises(ConfigError, match="intents.bogus"):
-        intents.load_configs(None, ["intents.bogus=1"])
+        load_config(None, ["intents.bogus=1"])
     with pytest.raises(ConfigError, match="intents.backend"):
-        intents.load_configs(None, ["intents.backend=llama"])
+        load_config(None, ["intents.backend=llama"])
     with pytest.raises(ConfigError, match="intents.batch_size"):
-        intents.load_configs(None, ["intents.batch_size=x"])
+        load_config(None, ["intents.batch_size=x"])
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         from irllrec_dist.llm.backends import resolve_model
 
