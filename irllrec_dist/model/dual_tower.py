@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from irllrec_dist.graph.adjacency import BipartiteAdjacency
+from irllrec_dist.graph.edge_ops import EdgeIndex, edge_dot, edge_sum
+from irllrec_dist.model.kernels import intent_directions
 from irllrec_dist.model.lightgcn import BipartitePropagate
 
 
@@ -78,10 +80,12 @@ class DualTower(nn.Module):
             self.intent_mlp = text_mlp(text_dim, dim)
             self.match_head = MatchHead(dim)
 
-    def propagate(self, r: torch.Tensor, rt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Layer outputs [(x_u, x_i) for l in 0..L]."""
+    def propagate(
+        self, r: torch.Tensor, rt: torch.Tensor, layers: int | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Layer outputs [(x_u, x_i) for l in 0..layers] (``layers`` defaults to the model's L)."""
         out = [(self.user_emb, self.item_emb)]
-        for _ in range(self.layers):
+        for _ in range(self.layers if layers is None else layers):
             out.append(BipartitePropagate.apply(r, rt, *out[-1]))
         return out
 
@@ -96,14 +100,16 @@ class DualTower(nn.Module):
     def intent_view(
         self, layer_out, adj: BipartiteAdjacency, side: str, nodes: torch.Tensor, edge_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Interaction intents r_v of ``nodes`` over their full-graph neighbourhoods."""
+        """Interaction intents r_v of ``nodes`` over their full-graph neighbourhoods, from layers
+        0..L-1 of ``layer_out`` (layer L is not used: a caller that needs only intents can stop
+        propagating one layer early)."""
         row, nbr, vidx = adj.neighbors(side, nodes)
         s_idx, n_idx = (0, 1) if side == "user" else (1, 0)
         edge_w = None if edge_mask is None else edge_mask[vidx]
         return self.aggregate_intents(
             side,
-            [layer[s_idx].index_select(0, nodes) for layer in layer_out[:-1]],
-            [layer[n_idx] for layer in layer_out[:-1]],
+            [layer[s_idx].index_select(0, nodes) for layer in layer_out[: self.layers]],
+            [layer[n_idx] for layer in layer_out[: self.layers]],
             nbr,
             row,
             edge_w,
@@ -121,22 +127,18 @@ class DualTower(nn.Module):
         """Intent-aware aggregation, mean over layers. ``self_layers[l]``: layer-l rows of the n
         nodes; edge k joins node ``row[k]`` to row ``nbr[k]`` of ``nbr_tables[l]``."""
         w_self, w_nbr = (self.user_protos, self.item_protos) if side == "user" else (self.item_protos, self.user_protos)
-        n, n_layers, dim = len(self_layers[0]), len(self_layers), self_layers[0].shape[1]
         # Intent views are computed once per distinct neighbour, not once per edge, and all
-        # layers go through each op together (rows hold L x d values): a third of the kernel
-        # launches, which bound a GPU step, and row gathers stay contiguous.
+        # layers go through each op together (layer-major: each layer's rows are contiguous for
+        # the sparse kernels); per-edge sums run as CSR kernels (graph/edge_ops.py says why).
         uniq, inv = torch.unique(nbr, return_inverse=True)
-        xs = torch.stack(self_layers, dim=1)  # (n, L, d)
-        xu = torch.stack([table.index_select(0, uniq) for table in nbr_tables], dim=1)  # (m, L, d)
-        is_ = F.normalize(F.softmax(xs @ w_self, dim=-1) @ w_self.T, dim=-1)
-        in_ = F.normalize(F.softmax(xu @ w_nbr, dim=-1) @ w_nbr.T, dim=-1)
-        alpha = ((is_.index_select(0, row) * in_.index_select(0, inv)).sum(-1) + 1) / 2  # (E, L)
+        edges = EdgeIndex(row, inv, len(self_layers[0]), len(uniq))
+        xs = torch.stack(self_layers)  # (L, n, d)
+        xu = torch.stack([table.index_select(0, uniq) for table in nbr_tables])  # (L, m, d)
+        alpha = (edge_dot(intent_directions(xs, w_self), intent_directions(xu, w_nbr), edges) + 1) / 2  # (L, E)
         if edge_w is not None:
-            alpha = alpha * edge_w[:, None]
-        denom = xs.new_zeros(n, n_layers).index_add(0, row, alpha).clamp_min(1e-12)
-        weight = (alpha / denom.index_select(0, row)).unsqueeze(-1)
-        out = xs.new_zeros(n, n_layers, dim).index_add(0, row, weight * xu.index_select(0, inv))
-        return out.mean(1)
+            alpha = alpha * edge_w
+        denom = xs.new_zeros(len(xs), len(self_layers[0])).index_add(1, row, alpha).clamp_min(1e-12)
+        return edge_sum(alpha / denom.index_select(1, row), xu, edges).mean(0)
 
     def text_directions(self, text: TextInputs, side: str) -> torch.Tensor:
         """normalise(MLP_prf(p_v)) of every node of a side, zero without text: where the profile
@@ -146,8 +148,13 @@ class DualTower(nn.Module):
 
     def text_views(self, text: TextInputs, side: str, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(t_v, z_v) = (MLP_prf(p_v), MLP_int(q_v)) for ``nodes``."""
-        prof, intent, _ = text.side(side)
-        return self.profile_mlp(prof[nodes]), self.intent_mlp(intent[nodes])
+        prof, _, _ = text.side(side)
+        return self.profile_mlp(prof[nodes]), self.intent_text(text, side, nodes)
+
+    def intent_text(self, text: TextInputs, side: str, nodes: torch.Tensor) -> torch.Tensor:
+        """z_v = MLP_int(q_v) for ``nodes`` alone (the EMA teacher's matching needs no t_v)."""
+        _, intent, _ = text.side(side)
+        return self.intent_mlp(intent[nodes])
 
 
 def fused_item_vectors(h_i: torch.Tensor, text_dir: torch.Tensor, weight: float) -> torch.Tensor:

@@ -37,7 +37,7 @@ class EMATeacher(nn.Module):
         for t, s in zip(self.module.buffers(), student.buffers(), strict=True):
             t.copy_(s)
 
-    def propagate(self, *args):
+    def propagate(self, *args, **kwargs):
         """The teacher's layer outputs (for modules that have ``propagate``), without gradients."""
         with torch.no_grad():
-            return self.module.propagate(*args)
+            return self.module.propagate(*args, **kwargs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from irllrec_dist.model.kernels import cosine_info_nce
+
 
 def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """mean over the batch of softplus(s(u, i-) - s(u, i+)) = -log sigmoid(s+ - s-)."""
@@ -20,9 +22,10 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     """InfoNCE of a[k] against b[k] among all rows of b (in-batch negatives), on cosine similarity.
 
     mean_k -log( exp(cos(a_k, b_k)/tau) / sum_j exp(cos(a_k, b_j)/tau) )
+
+    (Row-chunked, without the n x n logits in memory: model/kernels.py.)
     """
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
-    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+    return cosine_info_nce(a, b, tau)
 
 
 def perturb(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -41,10 +44,12 @@ def translation_alignment(
 def soft_target_nce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float) -> torch.Tensor:
     """Contrastive matching with momentum-distilled targets (ALBEF):
     targets = alpha * softmax(teacher) + (1 - alpha) * one-hot(diagonal);
-    loss = mean_k -sum_j targets[k, j] * log_softmax(student)[k, j]."""
-    n = student_logits.shape[0]
-    targets = alpha * F.softmax(teacher_logits, dim=1) + (1 - alpha) * torch.eye(n, device=student_logits.device)
-    return -(targets * F.log_softmax(student_logits, dim=1)).sum(1).mean()
+    loss = mean_k -sum_j targets[k, j] * log_softmax(student)[k, j], computed as
+    -alpha * mean_k sum_j softmax(teacher) log_softmax(student) - (1 - alpha) * mean_k log_softmax(student)[k, k]
+    (no n x n one-hot or targets in memory)."""
+    log_p = F.log_softmax(student_logits, dim=1)
+    soft = (F.softmax(teacher_logits, dim=1) * log_p).sum(1).mean()
+    return -alpha * soft - (1 - alpha) * log_p.diagonal().mean()
 
 
 def hard_negative_indices(sim: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -72,12 +77,18 @@ def hard_negative_indices(sim: torch.Tensor, generator: torch.Generator | None =
 
 
 def matching_loss(
-    head, r: torch.Tensor, z: torch.Tensor, sim: torch.Tensor, generator: torch.Generator | None = None
+    head,
+    r: torch.Tensor,
+    z: torch.Tensor,
+    sim: torch.Tensor,
+    generator: torch.Generator | None = None,
+    sim_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary interaction-text matching: (r_k, z_k) match; (r_k, z_j) and (r_j', z_k) with
-    hard negatives j, j' drawn by similarity do not. Cross-entropy over the 3n pairs."""
+    hard negatives j, j' drawn by similarity do not. Cross-entropy over the 3n pairs.
+    ``sim_t``: sim transposed, where the caller holds it row-major already."""
     neg_z = hard_negative_indices(sim, generator)
-    neg_r = hard_negative_indices(sim.T, generator)
+    neg_r = hard_negative_indices(sim.T if sim_t is None else sim_t, generator)
     rr = torch.cat([r, r, r[neg_r]])
     zz = torch.cat([z, z[neg_z], z])
     labels = torch.cat([torch.ones(len(r)), torch.zeros(2 * len(r))]).long().to(r.device)

@@ -16,7 +16,7 @@ from irllrec_dist.model.losses import bpr_loss, info_nce, l2_reg, matching_loss,
 
 
 def _cos_logits(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
-    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
+    return (F.normalize(a, dim=-1) / tau) @ F.normalize(b, dim=-1).T  # 1/tau on the n x d side, not n x n
 
 
 def loss_terms(
@@ -61,13 +61,16 @@ def loss_terms(
         if lc.itm:
             keep = torch.randperm(len(nodes), generator=generator)[: lc.itm_max_nodes].to(nodes.device)
             sub, r_s, z_s = nodes[keep], r.index_select(0, keep), z.index_select(0, keep)
+            # Both directions of the pairs as row-major products (z . r is r . z transposed):
+            # row-wise softmaxes over transposed views run several times slower on the CPU.
             with torch.no_grad():
                 r_t = teacher_views.intent(side, sub)
-                _, z_t = teacher_views.model.text_views(text, side, sub)
-                sim_t = _cos_logits(r_t, z_t, lc.tau)
-            sim = _cos_logits(r_s, z_s, lc.tau)
-            itc = (soft_target_nce(sim, sim_t, lc.itm_alpha) + soft_target_nce(sim.T, sim_t.T, lc.itm_alpha)) / 2
-            terms["itm"] = terms.get("itm", 0) + itc + matching_loss(model.match_head, r_s, z_s, sim, generator)
+                z_t = teacher_views.model.intent_text(text, side, sub)
+                sim_t, sim_t_rev = _cos_logits(r_t, z_t, lc.tau), _cos_logits(z_t, r_t, lc.tau)
+            sim, sim_rev = _cos_logits(r_s, z_s, lc.tau), _cos_logits(z_s, r_s, lc.tau)
+            itc = (soft_target_nce(sim, sim_t, lc.itm_alpha) + soft_target_nce(sim_rev, sim_t_rev, lc.itm_alpha)) / 2
+            match = matching_loss(model.match_head, r_s, z_s, sim, generator, sim_t=sim_rev)
+            terms["itm"] = terms.get("itm", 0) + itc + match
     return terms
 
 

@@ -18,12 +18,19 @@ from irllrec_dist.model.dual_tower import DualTower
 
 
 class FullGraphViews:
+    """h_v from all of ``layer_out`` (0..L), r_v from layers 0..L-1: a view used only for
+    intents (the EMA teacher's) can be given layers 0..L-1 alone."""
+
     def __init__(self, model: DualTower, layer_out, adj: BipartiteAdjacency, edge_mask: torch.Tensor | None = None):
         self.model, self.layer_out, self.adj, self.edge_mask = model, layer_out, adj, edge_mask
-        self.h_u, self.h_i = model.final(layer_out)
+        self._h = None
 
     def h(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
-        return (self.h_u if side == "user" else self.h_i)[nodes]
+        if self._h is None:
+            if len(self.layer_out) <= self.model.layers:
+                raise ValueError(f"h needs layers 0..{self.model.layers}, this view has {len(self.layer_out)} of them")
+            self._h = self.model.final(self.layer_out)
+        return self._h[0 if side == "user" else 1][nodes]
 
     def ego(self, side: str, nodes: torch.Tensor) -> torch.Tensor:
         """Layer-0 (ID embedding) rows, what the batch-scoped L2 penalises."""

@@ -57,11 +57,10 @@ class StepForward(nn.Module):
         if self.sampler is None:
             mats = self.adj.matrices(mask)
             views = FullGraphViews(self.model, self.model.propagate(*mats), self.adj, mask)
-            teacher_views = (
-                FullGraphViews(self.teacher.module, self.teacher.propagate(*mats), self.adj, mask)
-                if self.teacher is not None
-                else None
-            )
+            teacher_views = None
+            if self.teacher is not None:  # it gives intents only, from layers 0..L-1: layer L is never read
+                teacher_layers = self.teacher.propagate(*mats, layers=self.teacher.module.layers - 1)
+                teacher_views = FullGraphViews(self.teacher.module, teacher_layers, self.adj, mask)
             touched = None
         else:
             n_users = self.model.user_emb.shape[0]
