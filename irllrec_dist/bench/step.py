@@ -104,7 +104,7 @@ def run(args) -> dict:
             timers.append(timer)
             rows.append({"preset": preset, "compile": mode, "warmup_s": time.perf_counter() - t0, "rounds_ms": []})
     # rounds: every (preset, mode) in turn, `steps` steps each; the median round is reported
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         for timer, row in zip(timers, rows):
             row["rounds_ms"].append(timer.run(args.steps) * 1e3)
     for timer, row in zip(timers, rows):

@@ -33,6 +33,14 @@ class EdgeIndex:
     def n_edges(self) -> int:
         return int(self.row.numel())
 
+    def to_sorted(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-edge ``values`` (..., E) from the caller's edge order to the sorted one."""
+        return values.index_select(-1, self.order).contiguous()
+
+    def from_sorted(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-edge ``values`` (..., E) from the sorted edge order back to the caller's."""
+        return torch.empty_like(values).index_copy_(-1, self.order, values)
+
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """The (n_rows x n_cols) CSR matrix with ``values`` (sorted order) on the edges."""
         return torch.sparse_csr_tensor(self.crow, self.col, values, (self.n_rows, self.n_cols), check_invariants=False)
@@ -73,15 +81,13 @@ class _EdgeDot(torch.autograd.Function):
     def forward(ctx, a, b, index):
         ctx.save_for_backward(a, b)
         ctx.index = index
-        a, b = a.contiguous(), b.contiguous()
-        sorted_dot = _sddmm(index, a, b)
-        return torch.empty_like(sorted_dot).index_copy_(1, index.order, sorted_dot)
+        return index.from_sorted(_sddmm(index, a.contiguous(), b.contiguous()))
 
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         index = ctx.index
-        g = grad.index_select(1, index.order).contiguous()  # caller's order -> sorted
+        g = index.to_sorted(grad)
         grad_a = _spmm(index.matrix, g, b.contiguous()) if ctx.needs_input_grad[0] else None
         grad_b = _spmm(index.transposed_matrix, g, a.contiguous()) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, None
@@ -90,23 +96,18 @@ class _EdgeDot(torch.autograd.Function):
 class _EdgeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, x, index):
-        ctx.save_for_backward(weight, x)
+        sorted_weight = index.to_sorted(weight)  # kept sorted: backward's SpMM reads it in that order too
+        ctx.save_for_backward(sorted_weight, x)
         ctx.index = index
-        w = weight.index_select(1, index.order).contiguous()
-        return _spmm(index.matrix, w, x.contiguous())
+        return _spmm(index.matrix, sorted_weight, x.contiguous())
 
     @staticmethod
     def backward(ctx, grad):
-        weight, x = ctx.saved_tensors
+        sorted_weight, x = ctx.saved_tensors
         index = ctx.index
         grad = grad.contiguous()
-        grad_w = grad_x = None
-        if ctx.needs_input_grad[0]:
-            sorted_grad = _sddmm(index, grad, x.contiguous())
-            grad_w = torch.empty_like(sorted_grad).index_copy_(1, index.order, sorted_grad)
-        if ctx.needs_input_grad[1]:
-            w = weight.index_select(1, index.order).contiguous()
-            grad_x = _spmm(index.transposed_matrix, w, grad)
+        grad_w = index.from_sorted(_sddmm(index, grad, x.contiguous())) if ctx.needs_input_grad[0] else None
+        grad_x = _spmm(index.transposed_matrix, sorted_weight, grad) if ctx.needs_input_grad[1] else None
         return grad_w, grad_x, None
 
 

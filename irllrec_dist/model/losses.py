@@ -82,13 +82,13 @@ def matching_loss(
     z: torch.Tensor,
     sim: torch.Tensor,
     generator: torch.Generator | None = None,
-    sim_t: torch.Tensor | None = None,
+    sim_transposed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary interaction-text matching: (r_k, z_k) match; (r_k, z_j) and (r_j', z_k) with
     hard negatives j, j' drawn by similarity do not. Cross-entropy over the 3n pairs.
-    ``sim_t``: sim transposed, where the caller holds it row-major already."""
+    ``sim_transposed``: sim.T, where the caller holds it row-major already."""
     neg_z = hard_negative_indices(sim, generator)
-    neg_r = hard_negative_indices(sim.T if sim_t is None else sim_t, generator)
+    neg_r = hard_negative_indices(sim.T if sim_transposed is None else sim_transposed, generator)
     rr = torch.cat([r, r, r[neg_r]])
     zz = torch.cat([z, z[neg_z], z])
     labels = torch.cat([torch.ones(len(r)), torch.zeros(2 * len(r))]).long().to(r.device)

@@ -69,7 +69,7 @@ def loss_terms(
                 sim_t, sim_t_rev = _cos_logits(r_t, z_t, lc.tau), _cos_logits(z_t, r_t, lc.tau)
             sim, sim_rev = _cos_logits(r_s, z_s, lc.tau), _cos_logits(z_s, r_s, lc.tau)
             itc = (soft_target_nce(sim, sim_t, lc.itm_alpha) + soft_target_nce(sim_rev, sim_t_rev, lc.itm_alpha)) / 2
-            match = matching_loss(model.match_head, r_s, z_s, sim, generator, sim_t=sim_rev)
+            match = matching_loss(model.match_head, r_s, z_s, sim, generator, sim_transposed=sim_rev)
             terms["itm"] = terms.get("itm", 0) + itc + match
     return terms
 
